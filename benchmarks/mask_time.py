@@ -1,0 +1,175 @@
+"""How close FORCE / Iterative SNIP come to the compute floor, in time and in memory.
+
+For each backbone it prints, in one run:
+  (1) the mask computation time of ``run_pruning`` for T steps,
+  (2) the compute floor: T x the time of one plain forward+backward pass on the same batch,
+  (3) their ratio (both measured warm: one untimed pass of each path first),
+and the peak memory of the mask computation against that of one dense training step (forward,
+backward, SGD with momentum), each measured in a fresh subprocess: on CPU as the growth of the
+resident set's high-water mark (VmHWM, reset at the start) over the model+batch baseline, on CUDA
+with ``torch.cuda.max_memory_allocated``.
+
+    python benchmarks/mask_time.py --arch resnet50 vgg19 --steps 10 --batch-size 32 \\
+        --sparsity 0.995 --device cpu --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from pruning_lightning.models import build_backbone
+from pruning_lightning.pruning import run_pruning
+
+METHODS = ("force", "iter_snip")
+
+
+def setup(args: argparse.Namespace, arch: str):
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = build_backbone(arch, num_classes=10).to(device)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    return model, x, y, device
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_backward(model, x, y) -> None:
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+
+
+def floor_times(model, x, y, device, repeats: int = 3) -> list[float]:
+    """Times of ``repeats`` plain forward+backward passes (after one warm-up pass)."""
+    model.train()
+    forward_backward(model, x, y)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        forward_backward(model, x, y)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    return times
+
+
+def rss_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process, from /proc/self/status.
+
+    Not ``ru_maxrss``: Linux carries it over from the parent through fork+exec (the parent's
+    high-water mark at spawn), which here would be this benchmark's big main process.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Set VmHWM to the current RSS (Linux >= 4.0), so the peak is that of what follows."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One memory measurement in a fresh process; prints the peak in MiB as JSON."""
+    model, x, y, device = setup(args, args.arch[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        reset_peak_rss()
+        base = rss_bytes("VmRSS")
+    if args.worker == "dense":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        model.train()
+        forward_backward(model, x, y)
+        opt.step()
+    else:
+        run_pruning(model, [(x, y)], args.worker, args.sparsity, steps=args.steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = rss_bytes("VmHWM") - base
+    print(json.dumps({"peak_mib": peak / 2**20}))
+
+
+def measure_memory(args: argparse.Namespace, arch: str, what: str) -> float:
+    cmd = [
+        sys.executable, __file__, "--worker", what, "--arch", arch, "--steps", str(args.steps),
+        "--batch-size", str(args.batch_size), "--sparsity", str(args.sparsity),
+        "--device", args.device, "--threads", str(args.threads),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", nargs="+", default=["resnet50", "vgg19"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sparsity", type=float, default=0.995)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--worker", choices=("dense", *METHODS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    print(
+        f"device={args.device} threads={args.threads} batch={args.batch_size} "
+        f"T={args.steps} sparsity={args.sparsity} torch={torch.__version__} "
+        f"load average (1 min)={os.getloadavg()[0]:.2f}"
+    )
+    header = (
+        f"{'arch':<10} {'method':<10} {'mask s':>8} {'floor s':>8} {'ratio':>6} "
+        f"{'peak MiB':>9} {'dense MiB':>9} {'mem ratio':>9}"
+    )
+    print(header)
+    for arch in args.arch:
+        model, x, y, device = setup(args, arch)
+        # the floor is measured before and after the masks (median of both), so that a drift
+        # in the machine's load between the two hits both sides alike
+        before = floor_times(model, x, y, device)
+        # warm the pruning path too (allocator, kernels): the floor is measured warm
+        run_pruning(model, [(x, y)], "force", args.sparsity, steps=1)
+        timings = {}
+        for method in args.methods:
+            res = run_pruning(model, [(x, y)], method, args.sparsity, steps=args.steps)
+            timings[method] = res.seconds
+        floor = args.steps * statistics.median(before + floor_times(model, x, y, device))
+        del model, x, y
+        dense = measure_memory(args, arch, "dense")
+        for method in args.methods:
+            peak = measure_memory(args, arch, method)
+            print(
+                f"{arch:<10} {method:<10} {timings[method]:>8.2f} {floor:>8.2f} "
+                f"{timings[method] / floor:>6.3f} {peak:>9.0f} {dense:>9.0f} {peak / dense:>9.3f}",
+                flush=True,
+            )
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Kept-count schedules and the step loop shared by every criterion.
+
+A run is T steps; step t scores the weights given the previous mask m_{t-1} (m_0 = all kept) and
+keeps the top k_t. One-shot criteria are the case T = 1. FORCE ranks all weights (a weight pruned
+earlier may come back); Iterative SNIP and SynFlow rank only the weights still kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.masks import TopKSelector, check_finite
+
+SCHEDULES = ("exp", "linear")
+
+# score_fn(step, previous mask per tensor or None for m_0, score views to fill in place)
+ScoreFn = Callable[[int, list[Tensor] | None, list[Tensor]], None]
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class StepRecord:
+    """What step t did (PAPER.md "Quantities", Figures 4, 9, 13)."""
+
+    step: int  # t = 1..T
+    kept: dict[str, int]  # kept count per prunable tensor after step t
+    pruned: int  # kept in m_{t-1}, not in m_t
+    recovered: int  # not in m_{t-1}, kept in m_t (always 0 for iter_snip)
+    saliency: float | None  # FORCE saliency S(m_t) ("pruning" view), None when not recorded
+
+
+def kept_schedule(total: int, density: float, steps: int, schedule: str = "exp") -> list[int]:
+    """Kept counts k_1..k_T: exp ``N * d**(t/T)`` or linear ``N * (1 - t*(1-d)/T)``.
+
+    Each value is a float64 rounded by Python's ``round`` (to the nearest integer, halves to
+    even); the last is set to ``round(d * N)`` exactly, the one-shot count, whatever the
+    floating-point error of the formula at t = T.
+    """
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"Unknown schedule '{schedule}'. Choose one of: {', '.join(SCHEDULES)}.")
+    kept = []
+    for t in range(1, steps + 1):
+        frac = density ** (t / steps) if schedule == "exp" else 1.0 - t * (1.0 - density) / steps
+        kept.append(min(total, max(0, round(total * frac))))
+    kept[-1] = round(density * total)
+    return kept
+
+
+def run_steps(
+    score_fn: ScoreFn,
+    kept: Sequence[int],
+    names: Sequence[str],
+    shapes: Sequence[torch.Size],
+    device: torch.device,
+    *,
+    method: str,
+    resurrect: bool,
+    dtype: torch.dtype = torch.float32,
+    record: bool = False,
+    score_is_saliency: bool = False,
+    final_saliency: Callable[[list[Tensor]], float] | None = None,
+    progress: ProgressFn | None = None,
+    buffer: Tensor | None = None,
+) -> tuple[list[Tensor], list[StepRecord]]:
+    """Run the steps; return the final mask (flat-buffer views, per tensor) and the records.
+
+    ``resurrect=False`` ranks only the weights kept in m_{t-1}. ``score_is_saliency``: the
+    scores are ``|theta0 * dL/dw|`` at ``theta0 * m_{t-1}``, so S(m_{t-1}) is their sum over
+    m_{t-1} (free); ``final_saliency`` computes S of the last mask (one more pass). All of it
+    only when ``record``. ``buffer``: a flat score buffer to reuse (see TopKSelector).
+    """
+    total = sum(s.numel() for s in shapes)
+    selector = TopKSelector(total, device, dtype, scores=buffer)
+    score_views = selector.views(shapes)
+    # m_{t-1} is dead once scored, unless the ranking is restricted to it or recording compares
+    # it with m_t: then two buffers alternate, otherwise m_t overwrites it.
+    n_buffers = 2 if record or not resurrect else 1
+    buffers = [torch.empty(total, dtype=torch.bool, device=device) for _ in range(n_buffers)]
+    prev: Tensor | None = None
+    records: list[StepRecord] = []
+    for t, k in enumerate(kept, 1):
+        prev_views = None if prev is None else selector.views(shapes, prev)
+        score_fn(t, prev_views, score_views)
+        check_finite(selector.scores, method)
+        if record and score_is_saliency and prev is not None:
+            records[-1].saliency = _masked_sum(selector.scores, prev)
+        cur = buffers[t % len(buffers)]
+        selector.select(k, cur, allowed=None if resurrect or prev is None else prev)
+        if record:
+            records.append(_record(t, names, selector.views(shapes, cur), cur, prev))
+        prev = cur
+        if progress is not None:
+            progress(t, len(kept))
+    assert prev is not None
+    final = selector.views(shapes, prev)
+    if record and final_saliency is not None:
+        records[-1].saliency = final_saliency(final)
+    return final, records
+
+
+def _masked_sum(scores: Tensor, mask: Tensor) -> float:
+    zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
+    return float(torch.where(mask, scores, zero).sum(dtype=torch.float64))
+
+
+def _record(
+    t: int, names: Sequence[str], views: list[Tensor], cur: Tensor, prev: Tensor | None
+) -> StepRecord:
+    counts = torch.stack([torch.count_nonzero(v) for v in views]).tolist()
+    n_cur = sum(counts)
+    if prev is None:  # m_0 keeps everything
+        common, n_prev = n_cur, cur.numel()
+    else:
+        common = int(torch.count_nonzero(prev & cur))
+        n_prev = int(torch.count_nonzero(prev))
+    return StepRecord(
+        step=t,
+        kept=dict(zip(names, counts, strict=True)),
+        pruned=n_prev - common,
+        recovered=n_cur - common,
+        saliency=None,
+    )
