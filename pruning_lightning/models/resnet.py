@@ -105,12 +105,10 @@ class ResNet(nn.Module):
         self.conv1 = conv3x3(in_channels, planes[0])
         self.bn1 = nn.BatchNorm2d(planes[0])
         self.relu = nn.ReLU(inplace=True)
-        self.layers = nn.Sequential(
-            *(
-                self._make_layer(block, p, n, s)
-                for p, n, s in zip(planes, blocks, strides, strict=True)
-            )
-        )
+        # stages named layer1, layer2, ... as in torchvision, so parameter names read the same
+        self.num_stages = len(blocks)
+        for i, (p, n, s) in enumerate(zip(planes, blocks, strides, strict=True), start=1):
+            setattr(self, f"layer{i}", self._make_layer(block, p, n, s))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(self.in_planes, num_classes)
         init_weights(self)
@@ -126,7 +124,9 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.pool(self.layers(x))
+        for i in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        x = self.pool(x)
         return self.classifier(x.flatten(1))
 
 

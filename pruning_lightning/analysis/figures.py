@@ -1,0 +1,626 @@
+"""The paper's figures, drawn with matplotlib from logged results.
+
+Every function takes plain rows (dicts, as :mod:`pruning_lightning.analysis.results` reads them)
+or pruning.json summaries and returns a :class:`~matplotlib.figure.Figure`; the command line in
+:mod:`pruning_lightning.analysis.figures_cli` reads the files and saves the PNGs. One colour per
+method (:data:`METHOD_COLORS`) is used by every figure, so a method is recognisable across them.
+Accuracies are logged as fractions and drawn in percent.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from pruning_lightning.analysis.results import (
+    group_rows,
+    mean_std,
+    require_columns,
+    require_unique,
+)
+from pruning_lightning.errors import ConfigError
+
+#: The one colour of each method, in every figure.
+METHOD_COLORS: dict[str, str] = {
+    "force": "#d62728",  # red
+    "iter_snip": "#ff7f0e",  # orange
+    "snip": "#1f77b4",  # blue
+    "grasp": "#2ca02c",  # green
+    "random": "#7f7f7f",  # grey
+    "magnitude": "#8c564b",  # brown
+    "synflow": "#9467bd",  # purple
+    "dense": "#000000",  # black
+}
+METHOD_LABELS: dict[str, str] = {
+    "force": "FORCE",
+    "iter_snip": "Iterative SNIP",
+    "snip": "SNIP",
+    "grasp": "GRASP",
+    "random": "Random",
+    "magnitude": "Magnitude",
+    "synflow": "SynFlow",
+    "dense": "Dense",
+}
+# For methods added later: a fixed colour picked by a stable hash of the name.
+_SPARE_COLORS = ("#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39")
+PROGRESSIVE = ("force", "iter_snip")
+
+
+def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure outside pyplot's global registry (nothing to close, nothing leaks), drawn by
+    the Agg backend when saved, so no display is ever needed."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(*grid, **kwargs)
+
+
+def method_color(method: str) -> str:
+    """The method's colour; an unknown method gets a spare colour that depends only on its name."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _SPARE_COLORS[zlib.crc32(method.encode()) % len(_SPARE_COLORS)]
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def sort_methods(methods: Sequence[str]) -> list[str]:
+    """Known methods in the order of :data:`METHOD_COLORS` (legend order), then the rest."""
+    known = list(METHOD_COLORS)
+    unique = list(dict.fromkeys(methods))
+    return sorted(unique, key=lambda m: (known.index(m) if m in known else len(known), m))
+
+
+def remaining_percent(sparsity: float) -> float:
+    """Remaining weights in percent, rounded so that 1 - 0.995 prints as 0.5."""
+    return round(100.0 * (1.0 - sparsity), 10)
+
+
+def _remaining_axis(ax: Axes, remaining: Sequence[float]) -> None:
+    """Log-scaled x axis of remaining weights, sparser to the right, ticks at the data."""
+    ax.set_xscale("log")
+    ticks = sorted(set(remaining))
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], rotation=45 if len(ticks) > 6 else 0)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if len(ticks) > 1:
+        ax.set_xlim(max(ticks) * 1.25, min(ticks) / 1.25)  # inverted: sparser to the right
+    ax.set_xlabel("Remaining weights (%) [log scale]")
+
+
+def _acc_label(metric: str) -> str:
+    names = {"test_acc1": "Test accuracy (%)", "test_acc5": "Top-5 test accuracy (%)"}
+    return names.get(metric, f"{metric} (%)")
+
+
+def _check_fraction(rows: Sequence[dict[str, Any]], metric: str, source: str) -> None:
+    for i, row in enumerate(rows, start=1):
+        if not 0.0 <= row[metric] <= 1.0:
+            raise ConfigError(
+                f"{source}, row {i}: {metric} = {row[metric]} is not a fraction in [0, 1] (the "
+                "CLI logs accuracies as fractions). Fix the row or regenerate the table."
+            )
+
+
+def _band(ax: Axes, xs, means, stds, color: str, label: str, **line) -> None:
+    """Mean line with a shaded +-1 std band."""
+    ax.plot(xs, means, color=color, label=label, marker="o", markersize=4, **line)
+    lower = [m - s for m, s in zip(means, stds, strict=True)]
+    upper = [m + s for m, s in zip(means, stds, strict=True)]
+    ax.fill_between(xs, lower, upper, color=color, alpha=0.2, linewidth=0)
+
+
+def _finish(ax: Axes, title: str) -> None:
+    ax.grid(True, which="major", alpha=0.3)
+    if title:
+        ax.set_title(title)
+
+
+# -- accuracy against sparsity (Figures 1-3, 5, 10-12) --------------------------------------------
+
+
+def accuracy_sparsity_figure(
+    rows: Sequence[dict[str, Any]],
+    metric: str = "test_acc1",
+    title: str = "",
+    source: str = "the results table",
+) -> Figure:
+    """Mean test accuracy over seeds (+-1 std band) against remaining weights, one line per
+    method; dense runs (sparsity 0) become a dashed horizontal reference."""
+    require_columns(rows, numeric=["sparsity", metric], text=["method"], source=source)
+    _check_fraction(rows, metric, source)
+    require_unique(rows, ["method", "sparsity", "seed"], source)
+    fig, ax = _subplots(figsize=(6.0, 4.2))
+    dense = [100 * r[metric] for r in rows if r["sparsity"] == 0]
+    pruned = [r for r in rows if r["sparsity"] > 0]
+    if not pruned:
+        raise ConfigError(
+            f"{source} has only dense runs (sparsity 0): nothing to plot against sparsity. Run "
+            "the sweep with --sparsities above 0."
+        )
+    by_method = group_rows(pruned, ["method"])
+    for (method,) in [(m,) for m in sort_methods([k[0] for k in by_method])]:
+        groups = group_rows(sorted(by_method[(method,)], key=lambda r: r["sparsity"]), ["sparsity"])
+        stats = [mean_std([100 * r[metric] for r in g]) for g in groups.values()]
+        xs = [remaining_percent(s) for (s,) in groups]
+        _band(
+            ax,
+            xs,
+            [m for m, _ in stats],
+            [s for _, s in stats],
+            method_color(method),
+            method_label(method),
+        )
+    if dense:
+        mean, std = mean_std(dense)
+        ax.axhline(
+            mean,
+            color=method_color("dense"),
+            linestyle="--",
+            linewidth=1,
+            label=f"{method_label('dense')} ({mean:.1f}%)",
+        )
+        ax.axhspan(mean - std, mean + std, color=method_color("dense"), alpha=0.08)
+    _remaining_axis(ax, [remaining_percent(r["sparsity"]) for r in pruned])
+    ax.set_ylabel(_acc_label(metric))
+    ax.legend(fontsize=8)
+    _finish(ax, title)
+    return fig
+
+
+# -- accuracy against T and against mask time (Figure 4 middle and right) -------------------------
+
+
+def _at_sparsity(
+    rows: Sequence[dict[str, Any]], sparsity: float | None, source: str
+) -> tuple[list[dict[str, Any]], float]:
+    """The rows at ``sparsity`` (the only one present when None)."""
+    levels = sorted({r["sparsity"] for r in rows})
+    if sparsity is None:
+        if len(levels) != 1:
+            raise ConfigError(
+                f"{source} holds several sparsities ({', '.join(f'{s:g}' for s in levels)}); "
+                "pick one with --sparsity (the paper uses 0.995)."
+            )
+        sparsity = levels[0]
+    chosen = [r for r in rows if abs(r["sparsity"] - sparsity) < 1e-9]
+    if not chosen:
+        raise ConfigError(
+            f"{source} has no run at sparsity {sparsity:g}; it has "
+            f"{', '.join(f'{s:g}' for s in levels)}. Pass one of those to --sparsity."
+        )
+    return chosen, sparsity
+
+
+def _steps_of(row: dict[str, Any]) -> int:
+    """T of a run; one-shot runs (no steps logged) count as T = 1."""
+    return int(row.get("steps") or 1)
+
+
+def accuracy_steps_figure(
+    rows: Sequence[dict[str, Any]],
+    sparsity: float | None = None,
+    metric: str = "test_acc1",
+    title: str = "",
+    source: str = "the results table",
+) -> Figure:
+    """Mean accuracy (+-1 std) at one sparsity against the number of iterations T per method; a
+    method run at a single T (one-shot SNIP, T = 1) is a dashed horizontal reference."""
+    require_columns(rows, numeric=["sparsity", metric], text=["method"], source=source)
+    _check_fraction(rows, metric, source)
+    chosen, sparsity = _at_sparsity(rows, sparsity, source)
+    require_unique(chosen, ["method", "steps", "seed"], source)
+    fig, ax = _subplots(figsize=(6.0, 4.2))
+    by_method = group_rows(chosen, ["method"])
+    all_steps = sorted({_steps_of(r) for r in chosen})
+    for method in sort_methods([k[0] for k in by_method]):
+        per_t: dict[int, list[float]] = {}
+        for r in sorted(by_method[(method,)], key=_steps_of):
+            per_t.setdefault(_steps_of(r), []).append(100 * r[metric])
+        color, label = method_color(method), method_label(method)
+        stats = [mean_std(v) for v in per_t.values()]
+        if len(per_t) == 1:
+            (t,), ((mean, std),) = per_t.keys(), stats
+            ax.axhline(mean, color=color, linestyle="--", label=f"{label} (T={t})")
+            ax.axhspan(mean - std, mean + std, color=color, alpha=0.12)
+        else:
+            _band(ax, list(per_t), [m for m, _ in stats], [s for _, s in stats], color, label)
+    if len(all_steps) > 1:
+        ax.set_xscale("log")
+        ax.set_xticks(all_steps, [str(t) for t in all_steps])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("Iterations T [log scale]")
+    ax.set_ylabel(_acc_label(metric))
+    ax.legend(
+        fontsize=8, title=f"{remaining_percent(sparsity):.3g}% weights remaining", title_fontsize=8
+    )
+    _finish(ax, title)
+    return fig
+
+
+def accuracy_walltime_figure(
+    rows: Sequence[dict[str, Any]],
+    sparsity: float | None = None,
+    metric: str = "test_acc1",
+    title: str = "",
+    source: str = "the results table",
+) -> Figure:
+    """Accuracy against the wall time of computing the mask: for each method, one series with
+    more iterations (T grows, batches fixed; solid) and one with more batches (batches grow,
+    T fixed; dashed), whichever the table varies. Points are labelled with T or B."""
+    require_columns(
+        rows,
+        numeric=["sparsity", metric, "mask_seconds", "num_batches"],
+        text=["method"],
+        source=source,
+        hint="Mask wall time and num_batches come from pruning.json: use a table of pruned runs.",
+    )
+    _check_fraction(rows, metric, source)
+    chosen, sparsity = _at_sparsity(rows, sparsity, source)
+    require_unique(chosen, ["method", "steps", "num_batches", "seed"], source)
+    fig, ax = _subplots(figsize=(6.0, 4.2))
+    for method in sort_methods([r["method"] for r in chosen]):
+        mine = [r for r in chosen if r["method"] == method]
+        cells: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for r in mine:
+            cells.setdefault((_steps_of(r), int(r["num_batches"])), []).append(r)
+        steps = sorted({t for t, _ in cells})
+        batches = sorted({b for _, b in cells})
+        series = []
+        if len(steps) > 1:
+            series.append(("more iterations", "-", "o", "T", [(t, batches[0]) for t in steps]))
+        if len(batches) > 1:
+            series.append(("more batches", "--", "s", "B", [(steps[0], b) for b in batches]))
+        if not series:
+            series.append(("", "-", "o", "T", [(steps[0], batches[0])]))
+        for name, style, marker, letter, keys in series:
+            keys = [k for k in keys if k in cells]
+            seconds = [mean_std([r["mask_seconds"] for r in cells[k]])[0] for k in keys]
+            accs = [mean_std([100 * r[metric] for r in cells[k]]) for k in keys]
+            label = f"{method_label(method)}, {name}" if name else method_label(method)
+            color = method_color(method)
+            means = [m for m, _ in accs]
+            ax.plot(
+                seconds,
+                means,
+                color=color,
+                linestyle=style,
+                marker=marker,
+                markersize=4,
+                label=label,
+            )
+            ax.errorbar(
+                seconds, means, yerr=[s for _, s in accs], fmt="none", ecolor=color, capsize=2
+            )
+            for (t, b), x, (y, _) in zip(keys, seconds, accs, strict=True):
+                ax.annotate(
+                    f"{letter}={t if letter == 'T' else b}",
+                    (x, y),
+                    fontsize=6,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                )
+    if all(r["mask_seconds"] > 0 for r in chosen):
+        ax.set_xscale("log")
+    ax.set_xlabel("Wall time to compute the mask (s)")
+    ax.set_ylabel(_acc_label(metric))
+    ax.legend(
+        fontsize=8, title=f"{remaining_percent(sparsity):.3g}% weights remaining", title_fontsize=8
+    )
+    _finish(ax, title)
+    return fig
+
+
+# -- per-layer densities (Figures 8, 13) -----------------------------------------------------------
+
+
+def _short(name: str) -> str:
+    return name.removeprefix("backbone.").removesuffix(".weight")
+
+
+def layer_density_figure(counts: dict[str, tuple[int, int]], title: str = "") -> Figure:
+    """Bar chart of the kept fraction of every prunable layer, input to output (paper Fig. 8)."""
+    names = [_short(name) for name in counts]
+    fractions = [kept / total for kept, total in counts.values()]
+    fig, ax = _subplots(figsize=(max(6.0, 0.18 * len(names)), 3.5))
+    ax.bar(range(len(names)), fractions, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_ylabel("fraction of weights kept")
+    ax.set_xlabel("layer (input to output)")
+    ax.set_ylim(0, 1)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _layer_axis(ax: Axes, names: Sequence[str]) -> None:
+    ax.set_xticks(
+        range(len(names)),
+        [_short(n) for n in names],
+        rotation=90,
+        fontsize=6 if len(names) > 20 else 8,
+    )
+    ax.set_xlabel("Prunable layer (input to output)")
+    ax.set_ylabel("Fraction of weights kept [symlog scale]")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(0, 1.05)
+
+
+def layer_fraction_figure(summaries: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """Kept fraction of every prunable layer for each method (mean over the runs of a method and
+    sparsity, e.g. its seeds), from pruning.json summaries of runs on the same network."""
+    if not summaries:
+        raise ConfigError("No pruning.json to plot. Pass the log dirs of pruned runs.")
+    names = list(summaries[0]["layers"])
+    for summary in summaries[1:]:
+        if list(summary["layers"]) != names:
+            raise ConfigError(
+                f"{summary.get('_path', 'a pruning.json')} has other layers than "
+                f"{summaries[0].get('_path', 'the first')}: the runs prune different networks. "
+                "Compare runs of one backbone and width."
+            )
+    groups = group_rows(summaries, ["method", "sparsity"])
+    several = len({s for _, s in groups}) > 1
+    styles = ["-", "--", ":", "-."]
+    levels = sorted({s for _, s in groups})
+    fig, ax = _subplots(figsize=(max(6.5, 0.2 * len(names)), 4.0))
+    for method in sort_methods([m for m, _ in groups]):
+        for (m, sparsity), runs in groups.items():
+            if m != method:
+                continue
+            kept = [sum(r["layers"][n]["kept"] for r in runs) for n in names]
+            total = [sum(r["layers"][n]["total"] for r in runs) for n in names]
+            fractions = [k / t for k, t in zip(kept, total, strict=True)]
+            label = method_label(method)
+            if several:
+                label += f" ({remaining_percent(sparsity):.3g}% left)"
+            ax.plot(
+                range(len(names)),
+                fractions,
+                color=method_color(method),
+                marker="o",
+                markersize=3,
+                linestyle=styles[levels.index(sparsity) % len(styles)],
+                label=label,
+            )
+    _layer_axis(ax, names)
+    ax.legend(fontsize=8)
+    if not several:
+        title = title or f"{remaining_percent(levels[0]):.3g}% of the weights remaining"
+    _finish(ax, title)
+    return fig
+
+
+def _history(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    history = summary.get("history") or []
+    if not history:
+        raise ConfigError(
+            f"{summary.get('_path', 'this pruning.json')} (method {summary.get('method')!r}) has "
+            "no per-step history: only progressive methods (force, iter_snip) record one. Pass "
+            "the log dir of a force or iter_snip run."
+        )
+    return sorted(history, key=lambda r: r["step"])
+
+
+def progressive_layers_figure(
+    summary: dict[str, Any], max_masks: int = 12, title: str = ""
+) -> Figure:
+    """Kept fraction per layer of each intermediate mask m_t of one progressive run (Fig. 13b/d);
+    colour encodes t. At most ``max_masks`` evenly spaced steps are drawn, the last included."""
+    history = _history(summary)
+    names = list(summary["layers"])
+    totals = [summary["layers"][n]["total"] for n in names]
+    if len(history) > max_masks:
+        picks = {round(i * (len(history) - 1) / (max_masks - 1)) for i in range(max_masks)}
+        history = [history[i] for i in sorted(picks)]
+    last_step = history[-1]["step"]
+    cmap = matplotlib.colormaps["viridis"]
+    fig, ax = _subplots(figsize=(max(6.5, 0.2 * len(names)), 4.0))
+    for record in history:
+        kept = record["kept"]
+        fractions = [kept.get(n, 0) / t for n, t in zip(names, totals, strict=True)]
+        ax.plot(
+            range(len(names)),
+            fractions,
+            color=cmap(record["step"] / max(last_step, 1)),
+            marker="o",
+            markersize=2,
+            linewidth=1,
+        )
+    mappable = ScalarMappable(cmap=cmap, norm=Normalize(0, last_step))
+    fig.colorbar(mappable, ax=ax, label="Step t of the progressive pruning")
+    _layer_axis(ax, names)
+    default = (
+        f"{method_label(summary['method'])}: intermediate masks, "
+        f"{remaining_percent(summary['sparsity']):.3g}% remaining at t={last_step}"
+    )
+    _finish(ax, title or default)
+    return fig
+
+
+def pruned_recovered_figure(summaries: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """Weights pruned (kept in m_{t-1}, not in m_t) and recovered (the reverse) at each step,
+    as fractions of all prunable weights (Fig. 9); Iterative SNIP recovers none by design."""
+    if not summaries:
+        raise ConfigError("No pruning.json to plot. Pass the log dirs of progressive runs.")
+    several = len({s["sparsity"] for s in summaries}) > 1
+    fig, (top, bottom) = _subplots(2, 1, figsize=(6.0, 5.5), sharex=True)
+    order = sort_methods([s["method"] for s in summaries])
+    for summary in sorted(summaries, key=lambda s: (order.index(s["method"]), s["sparsity"])):
+        history = _history(summary)
+        total = sum(entry["total"] for entry in summary["layers"].values())
+        steps = [r["step"] for r in history]
+        label = method_label(summary["method"])
+        if several:
+            label += f" ({remaining_percent(summary['sparsity']):.3g}% left)"
+        color = method_color(summary["method"])
+        top.plot(
+            steps,
+            [r["pruned"] / total for r in history],
+            color=color,
+            marker="o",
+            markersize=3,
+            label=label,
+        )
+        bottom.plot(
+            steps,
+            [r["recovered"] / total for r in history],
+            color=color,
+            marker="o",
+            markersize=3,
+            label=label,
+        )
+    top.set_ylabel("Pruned / all weights")
+    bottom.set_ylabel("Recovered / all weights")
+    bottom.set_xlabel("Step t")
+    top.legend(fontsize=8)
+    _finish(top, title)
+    _finish(bottom, "")
+    return fig
+
+
+# -- FORCE saliency (Figures 4 left, 6, 7) ---------------------------------------------------------
+
+SALIENCY_COLUMNS = (
+    "method",
+    "sparsity",
+    "steps",
+    "seed",
+    "saliency_pruning",
+    "saliency_sparsification",
+    "ratio_pruning",
+    "ratio_sparsification",
+)
+
+
+def saliency_ratio_figure(
+    rows: Sequence[dict[str, Any]],
+    view: str = "pruning",
+    title: str = "",
+    source: str = "the saliency table",
+) -> Figure:
+    """FORCE saliency of the progressive masks divided by the one-shot SNIP mask's, against T,
+    one panel per sparsity (mean +-1 std over seeds); 1 is SNIP itself."""
+    ratio = f"ratio_{view}"
+    require_columns(
+        rows,
+        numeric=["sparsity", "steps", ratio],
+        text=["method"],
+        source=source,
+        hint="Write the table with `pruning-figures saliency`.",
+    )
+    progressive = [r for r in rows if r["method"] != "snip"]
+    if not progressive:
+        raise ConfigError(f"{source} has only SNIP rows; it needs force or iter_snip rows.")
+    levels = sorted({r["sparsity"] for r in progressive})
+    fig, axes = _subplots(
+        1,
+        len(levels),
+        figsize=(3.6 * len(levels) + 0.6, 3.6),
+        sharey=True,
+        squeeze=False,
+    )
+    steps = sorted({int(r["steps"]) for r in progressive})
+    for ax, level in zip(axes[0], levels, strict=True):
+        here = [r for r in progressive if r["sparsity"] == level]
+        for method in sort_methods([r["method"] for r in here]):
+            groups = group_rows(
+                sorted((r for r in here if r["method"] == method), key=lambda r: r["steps"]),
+                ["steps"],
+            )
+            stats = [mean_std([r[ratio] for r in g]) for g in groups.values()]
+            _band(
+                ax,
+                [int(t) for (t,) in groups],
+                [m for m, _ in stats],
+                [s for _, s in stats],
+                method_color(method),
+                method_label(method),
+            )
+        ax.axhline(
+            1.0,
+            color=method_color("snip"),
+            linestyle="--",
+            linewidth=1,
+            label=f"{method_label('snip')} (one-shot)",
+        )
+        if len(steps) > 1:
+            ax.set_xscale("log")
+            ax.set_xticks(steps, [str(t) for t in steps])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("Iterations T [log scale]")
+        _finish(ax, f"{remaining_percent(level):.3g}% weights remaining")
+    axes[0][0].set_ylabel(f"FORCE saliency / SNIP's ({view} view)")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def saliency_views_figure(
+    rows: Sequence[dict[str, Any]],
+    steps: int | None = None,
+    title: str = "",
+    source: str = "the saliency table",
+) -> Figure:
+    """Both FORCE saliency views of each method's masks against remaining weights (Fig. 7): the
+    pruning view (gradients of removed weights cut) and the sparsification view (kept)."""
+    require_columns(
+        rows,
+        numeric=["sparsity", "steps", "saliency_pruning", "saliency_sparsification"],
+        text=["method"],
+        source=source,
+        hint="Write the table with `pruning-figures saliency`.",
+    )
+    progressive_steps = sorted({int(r["steps"]) for r in rows if r["method"] != "snip"})
+    if steps is None:
+        steps = progressive_steps[-1] if progressive_steps else 1
+    elif progressive_steps and steps not in progressive_steps:
+        raise ConfigError(
+            f"{source} has no progressive masks with T={steps}; it has T in "
+            f"{progressive_steps}. Pass one of those to --steps."
+        )
+    chosen = [r for r in rows if r["method"] == "snip" or int(r["steps"]) == steps]
+    fig, axes = _subplots(1, 2, figsize=(10.0, 4.0))
+    for ax, view in zip(axes, ("pruning", "sparsification"), strict=True):
+        column = f"saliency_{view}"
+        for method in sort_methods([r["method"] for r in chosen]):
+            mine = sorted((r for r in chosen if r["method"] == method), key=lambda r: r["sparsity"])
+            groups = group_rows(mine, ["sparsity"])
+            stats = [mean_std([r[column] for r in g]) for g in groups.values()]
+            label = method_label(method) + ("" if method == "snip" else f" (T={steps})")
+            _band(
+                ax,
+                [remaining_percent(s) for (s,) in groups],
+                [m for m, _ in stats],
+                [s for _, s in stats],
+                method_color(method),
+                label,
+            )
+        _remaining_axis(ax, [remaining_percent(r["sparsity"]) for r in chosen])
+        if all(r[column] > 0 for r in chosen):
+            ax.set_yscale("log")
+        ax.set_ylabel(f"FORCE saliency, {view} view")
+        _finish(ax, f"{view.capitalize()} view")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def log_to_tensorboard(fig: Figure, log_dir: str, tag: str) -> None:
+    """Add the figure to a TensorBoard event file in ``log_dir`` (e.g. the sweep folder)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir)
+    try:
+        writer.add_figure(tag, fig, close=False)
+    finally:
+        writer.close()

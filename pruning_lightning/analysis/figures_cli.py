@@ -1,0 +1,431 @@
+"""``pruning-figures``: one subcommand per figure of the paper, each reading logged results.
+
+    pruning-figures accuracy --results sweep/results.csv --out accuracy.png
+    pruning-figures recovery --runs sweep/force-s0.99-seed0 --out recovery.png
+    pruning-figures saliency --config configs/quickstart.yaml \\
+        --sparsities 0.9 0.99 --steps 1 10 60 --out saliency/
+
+Tables are the CSVs of ``pruning-sweep`` (``--results``) or run folders read directly (``--runs``:
+a log dir, a run folder or a whole sweep folder). ``--tensorboard DIR`` also adds the figure to a
+TensorBoard event file in DIR. Malformed or empty inputs end with a message and exit status 2.
+``python -m pruning_lightning.analysis.figures_cli`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pruning_lightning.analysis import figures
+from pruning_lightning.analysis.results import (
+    PRUNING_JSON,
+    collect_runs,
+    filter_rows,
+    group_rows,
+    mean_std,
+    read_pruning_json,
+    read_table,
+    require_columns,
+    write_table,
+)
+from pruning_lightning.errors import ConfigError
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+
+def load_rows(
+    results: Sequence[str], runs: Sequence[str], where: Sequence[str] = ()
+) -> tuple[list[dict[str, Any]], str]:
+    """Rows of the given results CSVs and run folders (those matching every ``where``
+    KEY=VALUE), and a name for messages."""
+    if not results and not runs:
+        raise ConfigError(
+            "Give the results to plot: --results CSV (from pruning-sweep) or --runs DIR."
+        )
+    rows = []
+    for path in results:
+        rows += read_table(path)
+    if runs:
+        found = collect_runs(runs)
+        if not found:
+            raise ConfigError(
+                f"No finished run (test_metrics.json) under {', '.join(runs)}. Pass run folders "
+                "of runs made with --test_after_fit true."
+            )
+        rows += found
+    source = ", ".join([*results, *runs])
+    return (filter_rows(rows, where, source) if where else rows), source
+
+
+def load_summaries(
+    paths: Sequence[str], sparsity: float | None = None, methods: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """pruning.json summaries from files, log dirs or folders above them, optionally filtered."""
+    summaries = []
+    for path in map(Path, paths):
+        if path.is_dir() and not (path / PRUNING_JSON).is_file():
+            found = sorted(path.rglob(PRUNING_JSON))
+            if not found:
+                raise ConfigError(
+                    f"No {PRUNING_JSON} under {path}. Pass the folder of a pruned run (dense runs "
+                    "write none) or the pruning.json itself."
+                )
+            summaries += [read_pruning_json(p) for p in found]
+        else:
+            summaries.append(read_pruning_json(path))
+    chosen = [
+        s
+        for s in summaries
+        if (sparsity is None or abs(s["sparsity"] - sparsity) < 1e-9)
+        and (not methods or s["method"] in methods)
+    ]
+    if not chosen:
+        have = sorted({(s["method"], s["sparsity"]) for s in summaries})
+        raise ConfigError(
+            f"None of the {len(summaries)} pruned runs matches the filter (sparsity {sparsity}, "
+            f"methods {methods}); they are (method, sparsity): {have}."
+        )
+    return chosen
+
+
+def summaries_from_table(rows: Sequence[dict[str, Any]], source: str) -> list[str]:
+    """The run dirs of a results table (its run_dir column), pruned runs only."""
+    require_columns(rows, text=["run_dir", "method"], source=source)
+    return [str(r["run_dir"]) for r in rows if r["method"] != "dense"]
+
+
+def save(fig, args: argparse.Namespace, tag: str) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=args.dpi)
+    if args.tensorboard:
+        figures.log_to_tensorboard(fig, args.tensorboard, f"figures/{tag}")
+    print(f"wrote {out}")
+
+
+# -- subcommands -----------------------------------------------------------------------------------
+
+
+def cmd_accuracy(args: argparse.Namespace) -> None:
+    rows, source = load_rows(args.results, args.runs, args.where)
+    save(figures.accuracy_sparsity_figure(rows, args.metric, args.title, source), args, "accuracy")
+
+
+def cmd_steps(args: argparse.Namespace) -> None:
+    rows, source = load_rows(args.results, args.runs, args.where)
+    fig = figures.accuracy_steps_figure(rows, args.sparsity, args.metric, args.title, source)
+    save(fig, args, "accuracy_vs_steps")
+
+
+def cmd_walltime(args: argparse.Namespace) -> None:
+    rows, source = load_rows(args.results, args.runs, args.where)
+    fig = figures.accuracy_walltime_figure(rows, args.sparsity, args.metric, args.title, source)
+    save(fig, args, "accuracy_vs_mask_time")
+
+
+def cmd_layers(args: argparse.Namespace) -> None:
+    paths = list(args.runs)
+    for table in args.results:
+        paths += summaries_from_table(read_table(table), table)
+    if not paths:
+        raise ConfigError("Give the runs: --runs DIR (pruned runs) or --results CSV.")
+    summaries = load_summaries(paths, args.sparsity, args.methods)
+    save(figures.layer_fraction_figure(summaries, args.title), args, "kept_fraction_per_layer")
+
+
+def cmd_progress(args: argparse.Namespace) -> None:
+    summaries = load_summaries([args.run])
+    if len(summaries) != 1:
+        raise ConfigError(
+            f"{args.run} holds {len(summaries)} pruned runs; pass the folder (or pruning.json) "
+            "of exactly one progressive run."
+        )
+    fig = figures.progressive_layers_figure(summaries[0], args.max_masks, args.title)
+    save(fig, args, "kept_fraction_per_step")
+
+
+def cmd_recovery(args: argparse.Namespace) -> None:
+    summaries = load_summaries(args.runs, args.sparsity, args.methods)
+    progressive = [s for s in summaries if s.get("history")]
+    # a sweep folder also holds one-shot runs: drop them, but fail if nothing is left
+    save(
+        figures.pruned_recovered_figure(progressive or summaries[:1], args.title),
+        args,
+        "pruned_recovered",
+    )
+
+
+def cmd_saliency(args: argparse.Namespace) -> None:
+    from pruning_lightning.analysis.saliency_sweep import (
+        SeededLoader,
+        build_from_config,
+        saliency_rows,
+    )
+
+    bad = [m for m in args.methods if m not in figures.PROGRESSIVE]
+    if bad:
+        raise ConfigError(
+            f"--methods {' '.join(bad)}: the saliency sweep compares progressive masks with "
+            f"one-shot SNIP; choose from {', '.join(figures.PROGRESSIVE)}."
+        )
+    for s in args.sparsities:
+        if not 0.0 < s < 1.0:
+            raise ConfigError(f"--sparsities must lie in (0, 1), got {s}. Write 99% as 0.99.")
+    for config in args.config:
+        if not Path(config).is_file():
+            raise ConfigError(f"--config {config!r} does not exist.")
+    overrides = []
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE, e.g. --set model.width=8.")
+        overrides += [f"--{key.removeprefix('--')}", value]
+    out = Path(args.out)
+    rows = []
+    for seed in args.seeds:
+        model, loader = build_from_config(args.config, overrides, seed)
+        model.to(args.device)
+        rows += saliency_rows(
+            model,
+            SeededLoader(loader, seed),
+            args.methods,
+            args.sparsities,
+            args.steps,
+            seed=seed,
+            schedule=args.schedule,
+            num_batches=args.num_batches,
+            eval_batches=args.eval_batches,
+        )
+        print(f"seed {seed}: {len(rows)} masks measured", flush=True)
+    table = write_table(rows, out / "saliency.csv")
+    print(f"wrote {table}")
+    for name, fig in (
+        (
+            "saliency_ratio.png",
+            figures.saliency_ratio_figure(rows, args.view, args.title, str(table)),
+        ),
+        ("saliency_views.png", figures.saliency_views_figure(rows, None, args.title, str(table))),
+    ):
+        fig.savefig(out / name, dpi=args.dpi)
+        if args.tensorboard:
+            figures.log_to_tensorboard(fig, args.tensorboard, f"figures/{name[:-4]}")
+            print(f"wrote {out / name}")
+
+
+def cmd_saliency_ratio(args: argparse.Namespace) -> None:
+    rows = read_table(args.results)
+    fig = figures.saliency_ratio_figure(rows, args.view, args.title, args.results)
+    save(fig, args, "saliency_ratio")
+
+
+def cmd_saliency_views(args: argparse.Namespace) -> None:
+    rows = read_table(args.results)
+    save(
+        figures.saliency_views_figure(rows, args.steps, args.title, args.results),
+        args,
+        "saliency_views",
+    )
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    rows, source = load_rows(args.results, args.runs, args.where)
+    text = markdown_table(rows, args.metric, source)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], metric: str, source: str) -> str:
+    """Mean +- std (over seeds, in %) of ``metric`` per method and sparsity, as Markdown."""
+    require_columns(rows, numeric=["sparsity", metric], text=["method"], source=source)
+    levels = sorted({r["sparsity"] for r in rows})
+    methods = figures.sort_methods([r["method"] for r in rows])
+    cells = group_rows(rows, ["method", "sparsity"])
+    header = "| method | " + " | ".join(f"{100 * s:g}% sparse" for s in levels) + " |"
+    lines = [header, "|---" * (len(levels) + 1) + "|"]
+    for method in methods:
+        entries = []
+        for s in levels:
+            group = cells.get((method, s))
+            if not group:
+                entries.append("")
+                continue
+            mean, std = mean_std([100 * r[metric] for r in group])
+            entries.append(f"{mean:.1f} ± {std:.1f} (n={len(group)})")
+        lines.append(f"| {figures.method_label(method)} | " + " | ".join(entries) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pruning-figures",
+        description="The paper's figures from logged results: one subcommand per figure.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def figure(name: str, func, help: str, out: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if out:
+            p.add_argument("--out", required=True, help="PNG to write")
+        p.add_argument("--title", default="")
+        p.add_argument("--dpi", type=int, default=150)
+        p.add_argument("--tensorboard", metavar="DIR", help="also log the figure to TensorBoard")
+        return p
+
+    def table_inputs(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--results",
+            nargs="+",
+            default=[],
+            metavar="CSV",
+            help="results table(s) written by pruning-sweep",
+        )
+        p.add_argument(
+            "--runs",
+            nargs="+",
+            default=[],
+            metavar="DIR",
+            help="run folders (or a sweep folder) to read directly",
+        )
+        p.add_argument("--metric", default="test_acc1", help="accuracy column (default test_acc1)")
+        p.add_argument(
+            "--where",
+            nargs="+",
+            default=[],
+            metavar="KEY=VALUE",
+            help="only rows with these values, e.g. num_batches=1 pruning.steps=60",
+        )
+
+    p = figure(
+        "accuracy", cmd_accuracy, "Accuracy against remaining weights per method (Figs 1-3)."
+    )
+    table_inputs(p)
+    p = figure("steps", cmd_steps, "Accuracy at one sparsity against iterations T (Fig. 4 middle).")
+    table_inputs(p)
+    p.add_argument("--sparsity", type=float, help="required when the table has several")
+    p = figure(
+        "walltime",
+        cmd_walltime,
+        "Accuracy against mask wall time, more batches vs more iterations (Fig. 4 right).",
+    )
+    table_inputs(p)
+    p.add_argument("--sparsity", type=float, help="required when the table has several")
+    p = figure("layers", cmd_layers, "Kept fraction per layer for each method (Figs 8, 13a/c).")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="pruned runs: log dirs, pruning.json files or a sweep folder",
+    )
+    p.add_argument(
+        "--results",
+        nargs="+",
+        default=[],
+        metavar="CSV",
+        help="results table(s); their run_dir column names the runs",
+    )
+    p.add_argument("--sparsity", type=float, help="only runs at this sparsity")
+    p.add_argument("--methods", nargs="+", help="only these methods")
+    p = figure(
+        "progress",
+        cmd_progress,
+        "Kept fraction per layer of every intermediate mask of one run (Fig. 13b/d).",
+    )
+    p.add_argument("--run", required=True, help="log dir or pruning.json of a force/iter_snip run")
+    p.add_argument("--max-masks", type=int, default=12, help="draw at most this many steps")
+    p = figure("recovery", cmd_recovery, "Weights pruned and recovered per step (Fig. 9).")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="progressive runs: log dirs, pruning.json files or a sweep folder",
+    )
+    p.add_argument("--sparsity", type=float, help="only runs at this sparsity")
+    p.add_argument("--methods", nargs="+", help="only these methods")
+    p = figure(
+        "saliency",
+        cmd_saliency,
+        "Compute masks for many T and sparsities (no training) and their FORCE saliency; "
+        "write saliency.csv, saliency_ratio.png (Figs 4 left, 6), saliency_views.png "
+        "(Fig. 7).",
+        out=False,
+    )
+    p.add_argument("--out", required=True, help="folder for the CSV and the two figures")
+    p.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        metavar="YAML",
+        help="config that builds the model and data, as for pruning-lightning fit",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="CLI override, e.g. model.width=8 or data.batch_size=64 (repeatable)",
+    )
+    p.add_argument("--methods", nargs="+", default=list(figures.PROGRESSIVE))
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.99, 0.995])
+    p.add_argument("--steps", nargs="+", type=int, default=[1, 5, 10, 20, 60])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--schedule", default="exp", choices=["exp", "linear"])
+    p.add_argument("--num-batches", type=int, default=1, help="batches per saliency evaluation")
+    p.add_argument(
+        "--eval-batches",
+        type=int,
+        default=1,
+        help="fixed training batches on which every mask's saliency is measured",
+    )
+    p.add_argument(
+        "--view",
+        default="pruning",
+        choices=["pruning", "sparsification"],
+        help="saliency view of the ratio figure",
+    )
+    p.add_argument("--device", default="cpu", help="e.g. cpu or cuda")
+    p = figure(
+        "saliency-ratio",
+        cmd_saliency_ratio,
+        "Saliency ratio to SNIP against T from a saliency.csv (Figs 4 left, 6).",
+    )
+    p.add_argument("--results", required=True, metavar="CSV", help="saliency.csv")
+    p.add_argument("--view", default="pruning", choices=["pruning", "sparsification"])
+    p = figure(
+        "saliency-views",
+        cmd_saliency_views,
+        "Both saliency views against sparsity from a saliency.csv (Fig. 7).",
+    )
+    p.add_argument("--results", required=True, metavar="CSV", help="saliency.csv")
+    p.add_argument("--steps", type=int, help="T of the progressive masks (default: the largest)")
+    p = sub.add_parser(
+        "table", help="Markdown table: mean +- std accuracy per method and sparsity."
+    )
+    p.set_defaults(func=cmd_table)
+    table_inputs(p)
+    p.add_argument("--out", help="also write the table to this file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``pruning-figures``); bad input exits 2 with its message."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as err:
+        print(f"pruning-figures: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

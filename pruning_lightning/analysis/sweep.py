@@ -1,0 +1,514 @@
+"""Sweeps: methods x sparsities x seeds (x any config field) over one base config.
+
+    python -m pruning_lightning.analysis.sweep --config configs/quickstart.yaml \\
+        --methods force snip --sparsities 0.9 0.99 --seeds 0 1 2 \\
+        --grid pruning.steps=1,10,60 --set trainer.max_epochs=5 --out sweeps/quick
+
+Every run is a plain ``pruning-lightning fit --test_after_fit true`` in a subprocess, with its own
+``--trainer.default_root_dir`` (``OUT/<run name>``) and ``--seed_everything``, so a sweep adds
+nothing a single run does not have. Runs go one after another; a run is finished once its
+``test_metrics.json`` exists, so invoking the same sweep again skips finished runs and redoes
+half-finished ones (their folder is deleted first). The finished runs' results land in one tidy
+CSV (``OUT/results.csv``). ``--slurm`` writes a job-array script instead (one array task per
+unfinished run, the same command through ``srun``; multi-GPU through Lightning's own
+``--trainer.devices``/``--trainer.num_nodes``), and ``--dry-run`` only prints the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pruning_lightning.analysis.results import (
+    find_log_dir,
+    parse_value,
+    read_run,
+    write_table,
+)
+from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.engine import METHODS, PROGRESSIVE
+
+# Keys the sweep sets itself; a --grid or --set on them would be silently overridden.
+_RESERVED = {
+    "pruning.method": "--methods",
+    "pruning.sparsity": "--sparsities",
+    "seed_everything": "--seeds",
+    "trainer.default_root_dir": "--out",
+    "test_after_fit": "nothing (the sweep always tests after fit)",
+    "config": "--config",
+    "trainer.devices": "--devices",
+    "trainer.num_nodes": "--num-nodes",
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One configuration of a sweep; ``grid`` holds (dotted key, value) pairs as typed."""
+
+    method: str
+    sparsity: float
+    seed: int
+    grid: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """A folder name spelling out the configuration: ``force-s0.99-seed1-pruning.steps=10``."""
+        parts = [self.method, f"s{self.sparsity:g}", f"seed{self.seed}"]
+        parts += [f"{key}={_safe(value)}" for key, value in self.grid]
+        return "-".join(parts)
+
+    def overrides(self) -> list[str]:
+        """The CLI arguments that make a base config into this run."""
+        args = []
+        for key, value in self.grid:
+            args += [f"--{key}", value]
+        if self.method != "dense":
+            args += ["--pruning.method", self.method]
+        if _one_shot(self.method) and "pruning.steps" not in dict(self.grid):
+            args += ["--pruning.steps", "1"]  # a base config's T (e.g. 10) is refused by snip
+        args += [
+            "--pruning.sparsity",
+            repr(float(self.sparsity)),
+            "--seed_everything",
+            str(self.seed),
+        ]
+        return args
+
+
+def _safe(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", value)
+
+
+def parse_assignments(items: Sequence[str], flag: str, multi: bool) -> list[tuple[str, list[str]]]:
+    """``["pruning.steps=1,10"]`` -> ``[("pruning.steps", ["1", "10"])]``; ConfigError on typos.
+
+    ``multi`` splits the value on commas (``--grid``); ``--set`` keeps it whole.
+    """
+    parsed: list[tuple[str, list[str]]] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w.]*", key):
+            raise ConfigError(
+                f"{flag} {item!r} is not KEY=VALUE. Write e.g. {flag} pruning.steps="
+                f"{'1,10,60' if multi else '10'} (the key is the CLI option without '--')."
+            )
+        if key in _RESERVED:
+            raise ConfigError(
+                f"{flag} {key}=... clashes with the sweep itself: set it with {_RESERVED[key]}."
+            )
+        if any(key == k for k, _ in parsed):
+            raise ConfigError(f"{flag} names {key!r} twice. Give each key once.")
+        values = [v.strip() for v in value.split(",")] if multi else [value]
+        if any(v == "" for v in values):
+            raise ConfigError(f"{flag} {item!r} has an empty value. Write e.g. {key}=1,10.")
+        parsed.append((key, values))
+    return parsed
+
+
+def expand(
+    methods: Sequence[str],
+    sparsities: Sequence[float],
+    seeds: Sequence[int],
+    grid: Sequence[tuple[str, Sequence[str]]] = (),
+) -> list[RunSpec]:
+    """Every combination, seeds innermost, without runs that would only repeat another.
+
+    Sparsity 0 is one dense run per seed (whatever the methods) and takes the first value of
+    every ``pruning.*`` grid key, since nothing is pruned. One-shot methods run with T = 1 (the
+    engine refuses steps > 1 for them), so a ``pruning.steps`` grid gives them one run.
+    """
+    if not methods or not sparsities or not seeds:
+        raise ConfigError("A sweep needs at least one method, one sparsity and one seed.")
+    _check_methods(methods)
+    for s in sparsities:
+        if not 0.0 <= s < 1.0:
+            raise ConfigError(
+                f"Sparsity {s} is outside [0, 1). Write 99.5% as 0.995; 0 trains a dense network."
+            )
+    keys = [k for k, _ in grid]
+    first = {k: v[0] for k, v in grid}
+    specs: list[RunSpec] = []
+    for values in itertools.product(*(v for _, v in grid)):
+        point = tuple(zip(keys, values, strict=True))
+        for method, sparsity, seed in itertools.product(methods, sparsities, seeds):
+            if sparsity == 0:
+                method = "dense"
+                here = tuple((k, first[k] if k.startswith("pruning.") else v) for k, v in point)
+            elif _one_shot(method):
+                here = tuple((k, "1" if k == "pruning.steps" else v) for k, v in point)
+            else:
+                here = point
+            spec = RunSpec(method, sparsity, seed, here)
+            if spec not in specs:
+                specs.append(spec)
+    return specs
+
+
+def _one_shot(method: str) -> bool:
+    return method != "dense" and method not in PROGRESSIVE
+
+
+def _check_methods(methods: Sequence[str]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(
+            f"Unknown pruning method(s) {', '.join(map(repr, unknown))}. Choose from: "
+            f"{', '.join(METHODS)} (dense runs: sparsity 0)."
+        )
+
+
+def build_command(
+    spec: RunSpec,
+    configs: Sequence[str],
+    sets: Sequence[tuple[str, str]],
+    run_root: Path,
+    python: str = sys.executable,
+    devices: int | None = None,
+    num_nodes: int | None = None,
+) -> list[str]:
+    """The ``fit`` command of one run; the sweep's own arguments come last so they win."""
+    command = [python, "-m", "pruning_lightning", "fit"]
+    for config in configs:
+        command += ["--config", config]
+    for key, value in sets:
+        command += [f"--{key}", value]
+    command += spec.overrides()
+    if devices is not None:
+        command += ["--trainer.devices", str(devices)]
+    if num_nodes is not None:
+        command += ["--trainer.num_nodes", str(num_nodes)]
+    command += ["--trainer.default_root_dir", str(run_root), "--test_after_fit", "true"]
+    return command
+
+
+def run_status(run_root: Path) -> str:
+    """``done`` (test metrics written), ``partial`` (folder without them) or ``new``."""
+    if find_log_dir(run_root) is not None:
+        return "done"
+    return "partial" if run_root.exists() else "new"
+
+
+def collect(specs: Sequence[RunSpec], out: Path) -> list[dict[str, Any]]:
+    """The tidy rows of the finished runs of ``specs``, grid values as columns."""
+    rows = []
+    for spec in specs:
+        log_dir = find_log_dir(out / spec.name)
+        if log_dir is None:
+            continue
+        row = read_run(log_dir)
+        row["method"], row["seed"] = spec.method, spec.seed
+        row.update({key: parse_value(value) for key, value in spec.grid})
+        row["name"] = spec.name
+        rows.append(row)
+    return rows
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+def run_local(
+    specs: Sequence[RunSpec],
+    commands: Sequence[list[str]],
+    out: Path,
+    write_csv: Callable[[], Any],
+) -> list[str]:
+    """Run the unfinished runs one after another; returns the names of the runs that failed."""
+    failed = []
+    total = len(specs)
+    for i, (spec, command) in enumerate(zip(specs, commands, strict=True), start=1):
+        run_root = out / spec.name
+        status = run_status(run_root)
+        if status == "done":
+            note = ""
+            saved = run_root / "command.sh"
+            if saved.is_file() and saved.read_text().strip() != shlex.join(command):
+                note = " (NOTE: it ran another command, see command.sh; delete it to redo it)"
+            print(f"[{i}/{total}] {spec.name}: finished before, skipped{note}", flush=True)
+            continue
+        if status == "partial":
+            print(f"[{i}/{total}] {spec.name}: half-finished, deleting it and redoing", flush=True)
+            shutil.rmtree(run_root)
+        run_root.mkdir(parents=True)
+        (run_root / "command.sh").write_text(shlex.join(command) + "\n")
+        print(f"[{i}/{total}] {spec.name}: running ...", flush=True)
+        start = time.perf_counter()
+        with (run_root / "run.log").open("w") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        seconds = time.perf_counter() - start
+        log_dir = find_log_dir(run_root)
+        if code != 0 or log_dir is None:
+            why = f"exit code {code}" if code else "no test_metrics.json written"
+            print(
+                f"[{i}/{total}] {spec.name}: FAILED ({why}) after {seconds:.1f} s; the end of "
+                f"{run_root / 'run.log'}:\n{_tail(run_root / 'run.log')}",
+                flush=True,
+            )
+            failed.append(spec.name)
+            continue
+        acc = read_run(log_dir).get("test_acc1")
+        print(f"[{i}/{total}] {spec.name}: done in {seconds:.1f} s, test_acc1 {acc}", flush=True)
+        write_csv()  # the table grows as runs finish, so a long sweep can be read midway
+    return failed
+
+
+def slurm_script(
+    n_tasks: int,
+    commands_file: Path,
+    run_dirs_file: Path,
+    log_folder: Path,
+    workdir: Path,
+    job_name: str = "pruning-sweep",
+    devices: int = 1,
+    num_nodes: int = 1,
+    gpus: bool = True,
+    cpus_per_task: int | None = None,
+    time_limit: str | None = None,
+    partition: str | None = None,
+    max_parallel: int | None = None,
+    sbatch_lines: Sequence[str] = (),
+) -> str:
+    """A SLURM job-array script: task i runs line i of ``commands_file`` through ``srun``.
+
+    One SLURM task per device on each node, as Lightning's SLURM support expects; a task whose run
+    has finished meanwhile exits at once, and a half-finished one starts over.
+    """
+    array = f"0-{n_tasks - 1}" + (f"%{max_parallel}" if max_parallel else "")
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job_name}",
+        f"#SBATCH --array={array}",
+        f"#SBATCH --nodes={num_nodes}",
+        f"#SBATCH --ntasks-per-node={devices}",
+    ]
+    if gpus:
+        lines.append(f"#SBATCH --gres=gpu:{devices}")
+    if cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={cpus_per_task}")
+    if time_limit:
+        lines.append(f"#SBATCH --time={time_limit}")
+    if partition:
+        lines.append(f"#SBATCH --partition={partition}")
+    lines.append(f"#SBATCH --output={log_folder}/%A_%a.out")
+    for line in sbatch_lines:
+        line = line if line.startswith(("#SBATCH", "-")) else f"--{line}"
+        lines.append(line if line.startswith("#SBATCH") else f"#SBATCH {line}")
+    lines += [
+        "",
+        "# One array task per configuration of the sweep; each runs the same CLI command as a",
+        "# local sweep would (written by pruning_lightning.analysis.sweep --slurm).",
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(workdir))}",
+        "line=$((SLURM_ARRAY_TASK_ID + 1))",
+        f'run_dir=$(sed -n "${{line}}p" {shlex.quote(str(run_dirs_file))})',
+        f'command=$(sed -n "${{line}}p" {shlex.quote(str(commands_file))})',
+        'if [ -n "$(find "$run_dir" -name test_metrics.json 2>/dev/null)" ]; then',
+        '    echo "$run_dir finished already"; exit 0',
+        "fi",
+        'rm -rf "$run_dir" && mkdir -p "$run_dir"',
+        'echo "$command" > "$run_dir/command.sh"',
+        'eval "srun $command"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pruning-sweep",
+        description="Run methods x sparsities x seeds (x grid) of pruning-lightning fit+test and "
+        "gather the results into one CSV.",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        metavar="YAML",
+        help="base config(s) of every run, as for pruning-lightning fit",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", required=True, help="pruning methods, e.g. force snip"
+    )
+    parser.add_argument(
+        "--sparsities",
+        nargs="+",
+        type=float,
+        required=True,
+        help="sparsities in [0, 1), e.g. 0.9 0.99 0.995; 0 = dense",
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="--seed_everything values"
+    )
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="also sweep this CLI option, e.g. pruning.steps=1,10,60 (repeatable)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fixed override of every run, e.g. trainer.max_epochs=5 (repeatable)",
+    )
+    parser.add_argument("--out", required=True, help="sweep folder: one subfolder per run")
+    parser.add_argument("--csv", help="results table (default: OUT/results.csv)")
+    parser.add_argument(
+        "--python", default=sys.executable, help="Python that runs the CLI (default: this one)"
+    )
+    parser.add_argument("--devices", type=int, help="--trainer.devices of every run (per node)")
+    parser.add_argument("--num-nodes", type=int, help="--trainer.num_nodes of every run")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    mode.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="only (re)write the CSV from the runs that finished",
+    )
+    mode.add_argument(
+        "--slurm", action="store_true", help="write a SLURM job-array script instead of running"
+    )
+    slurm = parser.add_argument_group("SLURM (with --slurm)")
+    slurm.add_argument("--job-name", default="pruning-sweep")
+    slurm.add_argument("--time", dest="time_limit", help="e.g. 24:00:00")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--cpus-per-task", type=int)
+    slurm.add_argument("--max-parallel", type=int, help="at most this many array tasks at once")
+    slurm.add_argument("--no-gpus", action="store_true", help="no --gres=gpu line (CPU cluster)")
+    slurm.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="extra #SBATCH option, e.g. account=abc or mem=32G (repeatable)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``pruning-sweep``); bad input exits 2 with its message."""
+    try:
+        return _main(build_parser().parse_args(argv))
+    except ConfigError as err:
+        print(f"pruning-sweep: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(args: argparse.Namespace) -> int:
+    for config in args.config:
+        if not Path(config).is_file():
+            raise ConfigError(
+                f"--config {config!r} does not exist. Pass a YAML such as configs/quickstart.yaml."
+            )
+    for flag, value in (("--devices", args.devices), ("--num-nodes", args.num_nodes)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}.")
+    configs = [str(Path(c).resolve()) for c in args.config]
+    grid = parse_assignments(args.grid, "--grid", multi=True)
+    sets = [(k, v[0]) for k, v in parse_assignments(args.set, "--set", multi=False)]
+    clash = {k for k, _ in grid} & {k for k, _ in sets}
+    if clash:
+        raise ConfigError(f"{', '.join(sorted(clash))} is both in --grid and --set; keep one.")
+    out = Path(args.out).resolve()
+    specs = expand(args.methods, args.sparsities, args.seeds, grid)
+    commands = [
+        build_command(s, configs, sets, out / s.name, args.python, args.devices, args.num_nodes)
+        for s in specs
+    ]
+    csv_path = Path(args.csv) if args.csv else out / "results.csv"
+    leading = ["method", "sparsity", "seed", *(k for k, _ in grid)]
+
+    def write_csv() -> int:
+        rows = collect(specs, out)
+        if rows:
+            write_table(rows, csv_path, leading)
+        return len(rows)
+
+    if args.dry_run:
+        for spec, command in zip(specs, commands, strict=True):
+            print(f"# {spec.name} [{run_status(out / spec.name)}]\n{shlex.join(command)}")
+        return 0
+    if args.collect_only:
+        n = write_csv()
+        print(f"{n} of {len(specs)} runs finished; table: {csv_path if n else '(none written)'}")
+        return 0
+    if args.slurm:
+        return _write_slurm(args, specs, commands, out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = run_local(specs, commands, out, write_csv)
+    n = write_csv()
+    print(f"{n} of {len(specs)} runs finished; results table: {csv_path if n else '(none)'}")
+    if failed:
+        print(
+            f"{len(failed)} run(s) failed: {', '.join(failed)}. Fix the cause and invoke the "
+            "same sweep again: finished runs are skipped.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _write_slurm(
+    args: argparse.Namespace, specs: Sequence[RunSpec], commands: Sequence[list[str]], out: Path
+) -> int:
+    pending = [
+        (s, c) for s, c in zip(specs, commands, strict=True) if run_status(out / s.name) != "done"
+    ]
+    if not pending:
+        print(
+            f"All {len(specs)} runs have finished; nothing to submit. Collect the table with "
+            "--collect-only."
+        )
+        return 0
+    folder = out / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    commands_file = folder / "commands.txt"
+    run_dirs_file = folder / "run_dirs.txt"
+    commands_file.write_text("".join(shlex.join(c) + "\n" for _, c in pending))
+    run_dirs_file.write_text("".join(f"{out / s.name}\n" for s, _ in pending))
+    script = slurm_script(
+        len(pending),
+        commands_file,
+        run_dirs_file,
+        folder,
+        Path.cwd(),
+        job_name=args.job_name,
+        devices=args.devices or 1,
+        num_nodes=args.num_nodes or 1,
+        gpus=not args.no_gpus,
+        cpus_per_task=args.cpus_per_task,
+        time_limit=args.time_limit,
+        partition=args.partition,
+        max_parallel=args.max_parallel,
+        sbatch_lines=args.sbatch,
+    )
+    script_path = folder / "sweep.sbatch"
+    script_path.write_text(script)
+    print(
+        f"Wrote {script_path} ({len(pending)} array tasks of {len(specs)} runs; the others "
+        f"finished), {commands_file} and {run_dirs_file}.\n"
+        f"Submit it with:  sbatch {script_path}\n"
+        "When the jobs are done, gather the table by invoking this sweep again with "
+        "--collect-only instead of --slurm."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The LightningModule: an image classifier wrapping one backbone.
+
+Kept deliberately plain (cross-entropy, top-1/top-5 accuracy, an optimizer and a schedule) so that
+the only thing that differs between a dense and a pruned run is the PruningCallback.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from pruning_lightning.models import build_backbone
+
+
+def paper_sgd(params) -> torch.optim.Optimizer:
+    """The paper's optimizer: SGD, lr 0.1, momentum 0.9, weight decay 5e-4."""
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+
+def paper_multistep(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """The paper's CIFAR schedule: lr x0.1 at epochs 150 and 250 (350 epochs in all)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[150, 250], gamma=0.1)
+
+
+class ImageClassifier(pl.LightningModule):
+    """Trains and evaluates a backbone on an image-classification datamodule.
+
+    ``num_classes``, ``in_channels`` and ``image_size`` are linked from the datamodule by the CLI,
+    so a config only names the backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+        width: int | None = None,
+        optimizer: OptimizerCallable = paper_sgd,
+        lr_scheduler: LRSchedulerCallable | None = paper_multistep,
+    ) -> None:
+        """
+        Args:
+            backbone: resnet18, resnet34, resnet50, resnet110, vgg16, vgg19 or mobilenetv2.
+            num_classes: classes of the dataset (linked from the datamodule by the CLI).
+            in_channels: image channels (linked from the datamodule by the CLI).
+            image_size: image height and width (linked from the datamodule by the CLI).
+            width: base width of the backbone (None: the published one).
+            optimizer: any torch optimizer, e.g. ``{class_path: torch.optim.Adam}``.
+            lr_scheduler: any torch LR scheduler, stepped once per epoch; null for a constant rate.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.backbone = build_backbone(
+            backbone, num_classes, in_channels=in_channels, image_size=image_size, width=width
+        )
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+
+        # top-1/top-5 accuracy over all samples ("micro"; torchmetrics defaults to per-class)
+        def accuracy(top_k: int) -> MulticlassAccuracy:
+            return MulticlassAccuracy(num_classes, top_k=min(top_k, num_classes), average="micro")
+
+        metrics = MetricCollection({"acc1": accuracy(1), "acc5": accuracy(5)})
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
+        self.log_dict(metrics, on_step=on_step, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: tuple[Tensor, Tensor] | Tensor, batch_idx: int) -> dict:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        probs = self(x).softmax(dim=-1)
+        return {"pred": probs.argmax(dim=-1), "probs": probs}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}

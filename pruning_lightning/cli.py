@@ -1,0 +1,79 @@
+"""The command line: LightningCLI with the classifier, any datamodule and a `pruning` group.
+
+    pruning-lightning fit --config configs/cifar10_resnet50.yaml --pruning.method force \
+        --pruning.sparsity 0.995
+
+`--data` picks the datamodule class (CIFAR10DataModule, TinyImageNetDataModule, ...); the number of
+classes, channels and the image size flow from it into the model, so a config never repeats them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+import pruning_lightning.data  # noqa: F401  (registers the datamodules for `--data NAME`)
+from pruning_lightning.classifier import ImageClassifier
+from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.callback import PruningCallback
+
+
+class PruningCLI(LightningCLI):
+    """LightningCLI plus the PruningCallback as its own argument group, `--pruning.*`."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(PruningCallback, "pruning")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After `fit`, run `test` on the final weights (prints test accuracy).",
+        )
+        for attribute in ("num_classes", "in_channels", "image_size"):
+            parser.link_arguments(f"data.{attribute}", f"model.{attribute}", apply_on="instantiate")
+
+    def after_fit(self) -> None:
+        if not self.config.fit.test_after_fit or self.trainer.interrupted:
+            return
+        results = self.trainer.test(self.model, datamodule=self.datamodule)
+        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
+            # what sweeps read back: the test metrics of the final weights
+            path = Path(self.trainer.log_dir) / "test_metrics.json"
+            path.write_text(json.dumps(results[0] if results else {}, indent=1))
+
+
+def build_cli(args: ArgsType = None, run: bool = True) -> PruningCLI:
+    """The CLI object; `run=False` parses and instantiates without running a subcommand."""
+    return PruningCLI(
+        ImageClassifier,
+        LightningDataModule,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )
+
+
+def main(args: ArgsType = None) -> None:
+    """Console entry point; bad input ends with its message, not a traceback."""
+    try:
+        build_cli(args)
+    except Exception as err:
+        cause = _config_error(err)
+        if cause is None:
+            raise
+        print(f"pruning-lightning: error: {cause}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _config_error(err: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind `err`: jsonargparse re-raises instantiation errors as its own."""
+    while err is not None and not isinstance(err, ConfigError):
+        err = err.__cause__ or err.__context__
+    return err

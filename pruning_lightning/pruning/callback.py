@@ -1,0 +1,494 @@
+"""PruningCallback: the Lightning glue around the pruning engine.
+
+It decides *when* to prune (at fit start, or after some dense training), feeds the engine the
+training data, keeps pruned weights at zero through training, carries the mask in checkpoints,
+keeps every DDP rank on the same mask, and logs what the mask looks like. The math lives in
+`pruning_lightning.pruning.engine`; nothing here re-implements it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler
+
+from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.connectivity import has_input_output_path
+from pruning_lightning.pruning.engine import METHODS, PruningResult, run_pruning
+from pruning_lightning.pruning.masks import (
+    apply_masks,
+    check_masks,
+    collapsed_layers,
+    kept_counts,
+    prunable_parameters,
+)
+from pruning_lightning.pruning.progressive import SCHEDULES
+from pruning_lightning.pruning.saliency import force_saliency
+
+
+class PruningCallback(Callback):
+    """Prune the model once (at fit start by default) and keep it pruned for the whole run."""
+
+    def __init__(
+        self,
+        method: str = "force",
+        sparsity: float = 0.0,
+        steps: int | None = None,
+        schedule: str = "exp",
+        num_batches: int = 1,
+        seed: int | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        temperature: float = 200.0,
+        masks_path: str | None = None,
+        save_masks_path: str | None = None,
+        prune_after_steps: int = 0,
+        prune_after_epochs: int = 0,
+        verify_ranks: bool = True,
+        log_figure: bool = True,
+    ) -> None:
+        """
+        Args:
+            method: pruning criterion: random, magnitude, snip, grasp, iter_snip, force, synflow.
+            sparsity: fraction of prunable weights to remove, in [0, 1); 0 trains the dense network.
+            steps: iterations T of force/iter_snip/synflow (None: 60, 60, 100; one-shot methods: 1).
+            schedule: kept-count schedule of the progressive methods: exp or linear.
+            num_batches: training batches per saliency evaluation (per step when progressive).
+            seed: seed of the saliency data order and of `random`; None follows `seed_everything`.
+            include: fnmatch patterns of parameter names to prune (default: Conv2d/Linear weights).
+            exclude: fnmatch patterns of parameter names never to prune, e.g. ["*.classifier.*"].
+            temperature: GRASP's logit temperature.
+            masks_path: load this saved mask instead of computing one.
+            save_masks_path: save the computed mask here (torch.save of name -> bool tensor).
+            prune_after_steps: train densely for this many optimizer steps, then prune.
+            prune_after_epochs: train densely for this many epochs, then prune (early pruning).
+            verify_ranks: under DDP, fail unless a checksum of the mask is equal on all ranks.
+            log_figure: log a bar chart of the kept fraction per layer.
+        """
+        super().__init__()
+        if method not in METHODS:
+            raise ConfigError(
+                f"Unknown pruning method {method!r}. Set --pruning.method to one of: "
+                f"{', '.join(METHODS)}."
+            )
+        if not 0.0 <= sparsity < 1.0:
+            raise ConfigError(
+                f"--pruning.sparsity must be in [0, 1) (0 = dense), got {sparsity}. "
+                "For 99.5% sparsity write 0.995."
+            )
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"--pruning.schedule must be one of {SCHEDULES}, got {schedule!r}.")
+        if steps is not None and steps < 1:
+            raise ConfigError(
+                f"--pruning.steps must be >= 1 (or null for the default), got {steps}."
+            )
+        if num_batches < 1:
+            raise ConfigError(f"--pruning.num_batches must be >= 1, got {num_batches}.")
+        if prune_after_steps < 0 or prune_after_epochs < 0:
+            raise ConfigError("--pruning.prune_after_steps/epochs must be >= 0.")
+        if prune_after_steps and prune_after_epochs:
+            raise ConfigError(
+                "Set only one of --pruning.prune_after_steps and --pruning.prune_after_epochs."
+            )
+        if masks_path is not None and (prune_after_steps or prune_after_epochs):
+            raise ConfigError(
+                "--pruning.masks_path loads a finished mask at fit start; it cannot be combined "
+                "with early pruning (prune_after_steps/prune_after_epochs). Drop one of them."
+            )
+        if masks_path is not None and not Path(masks_path).is_file():
+            raise ConfigError(
+                f"--pruning.masks_path {masks_path!r} does not exist. Point it at a file written "
+                "by --pruning.save_masks_path."
+            )
+        self.method = method
+        self.sparsity = sparsity
+        self.steps = steps
+        self.schedule = schedule
+        self.num_batches = num_batches
+        self.seed = seed
+        self.include = include
+        self.exclude = exclude
+        self.temperature = temperature
+        self.masks_path = masks_path
+        self.save_masks_path = save_masks_path
+        self.prune_after_steps = prune_after_steps
+        self.prune_after_epochs = prune_after_epochs
+        self.verify_ranks = verify_ranks
+        self.log_figure = log_figure
+        self.masks: dict[str, Tensor] | None = None
+        self._masked: list[tuple[Tensor, Tensor]] = []  # (parameter, mask in its dtype)
+        self._hook_handles: list[Any] = []
+
+    # -- what the run looks like ----------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this run prunes at all (sparsity 0 without a mask file trains densely)."""
+        return self.sparsity > 0 or self.masks_path is not None
+
+    @property
+    def early(self) -> bool:
+        return bool(self.prune_after_steps or self.prune_after_epochs)
+
+    def hparams(self) -> dict[str, Any]:
+        """The settings logged with the run's hyperparameters."""
+        keys = ("method", "sparsity", "steps", "schedule", "num_batches", "seed", "masks_path")
+        keys += ("prune_after_steps", "prune_after_epochs")
+        return {f"pruning/{key}": getattr(self, key) for key in keys}
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.hparams())
+        if self.masks is not None:  # restored from a checkpoint: never recompute
+            rank_zero_info("PruningCallback: using the mask stored in the checkpoint.")
+            self._install(trainer, pl_module, self.masks)
+        elif self.masks_path is not None:
+            self._install(trainer, pl_module, self._load_masks(pl_module))
+            self._report(trainer, pl_module, None)
+        elif self.enabled and not self.early:
+            self._prune(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.masks is not None or not self.enabled or not self.early:
+            return
+        due_by_steps = self.prune_after_steps and trainer.global_step >= self.prune_after_steps
+        due_by_epochs = self.prune_after_epochs and trainer.current_epoch >= self.prune_after_epochs
+        if due_by_steps or due_by_epochs:
+            self._prune(trainer, pl_module)
+            self._zero_optimizer_state(trainer)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # Masked gradients keep momentum / Adam moments of pruned weights at zero.
+        grads = [(p.grad, m) for p, m in self._masked if p.grad is not None]
+        if grads:
+            torch._foreach_mul_([g for g, _ in grads], [m for _, m in grads])
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_measured_sparsity(pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_measured_sparsity(pl_module, "test")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles = []
+
+    def state_dict(self) -> dict[str, Any]:
+        masks = None if self.masks is None else {k: v.cpu() for k, v in self.masks.items()}
+        return {"masks": masks, "method": self.method, "sparsity": self.sparsity}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.masks = state_dict.get("masks")
+
+    # -- the work -------------------------------------------------------------------------------
+
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        data = self._saliency_data(trainer)
+        rank_zero_info(
+            f"PruningCallback: computing a {self.method} mask at sparsity {self.sparsity} ..."
+        )
+        result = run_pruning(
+            pl_module,
+            data,
+            self.method,
+            self.sparsity,
+            steps=self.steps,
+            schedule=self.schedule,
+            num_batches=self.num_batches,
+            seed=self._seed(),
+            include=self.include,
+            exclude=self.exclude,
+            temperature=self.temperature,
+            grad_reduce=self._grad_reduce(trainer),
+            progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
+            record=True,
+        )
+        if self.verify_ranks and trainer.world_size > 1:
+            self._verify_identical(trainer, result.masks)
+        self._install(trainer, pl_module, result.masks)
+        if self.save_masks_path and trainer.is_global_zero:
+            torch.save({k: v.cpu() for k, v in result.masks.items()}, self.save_masks_path)
+        self._report(trainer, pl_module, result, data)
+
+    def _install(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, masks: dict[str, Tensor]
+    ) -> None:
+        """Zero the pruned weights and keep them at zero after every optimizer step."""
+        params = dict(pl_module.named_parameters())
+        self.masks = {k: v.to(params[k].device, torch.bool) for k, v in masks.items()}
+        apply_masks(pl_module, self.masks)
+        self._masked = [(params[k], m.to(params[k].dtype)) for k, m in self.masks.items()]
+        weights = [p for p, _ in self._masked]
+        factors = [m for _, m in self._masked]
+
+        def zero_pruned(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            with torch.no_grad():
+                torch._foreach_mul_(weights, factors)
+
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles = [
+            opt.register_step_post_hook(zero_pruned) for opt in trainer.optimizers
+        ]
+
+    def _saliency_data(self, trainer: pl.Trainer) -> Iterable:
+        """A fresh loader over the training set, sharded across ranks with a seeded order.
+
+        Never the trainer's own iterator: iterating that here would disturb training.
+        """
+        if trainer.datamodule is not None:
+            loader = trainer.datamodule.train_dataloader()
+        else:
+            loader = trainer.fit_loop._data_source.dataloader()
+        if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__len__"):
+            return loader
+        sampler = DistributedSampler(
+            loader.dataset,
+            num_replicas=trainer.world_size,
+            rank=trainer.global_rank,
+            shuffle=True,
+            seed=self._seed(),
+        )
+        return DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=sampler,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+        )
+
+    def _seed(self) -> int:
+        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    @staticmethod
+    def _grad_reduce(trainer: pl.Trainer):
+        """Average saliency gradients over ranks, so every rank scores the same numbers."""
+        if trainer.world_size == 1 or not dist.is_available() or not dist.is_initialized():
+            return None
+        world_size = trainer.world_size
+
+        def reduce(grads: list[Tensor]) -> None:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat.div_(world_size)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+        return reduce
+
+    def _verify_identical(self, trainer: pl.Trainer, masks: dict[str, Tensor]) -> None:
+        """Fail loudly, on every rank, unless all ranks hold the bit-identical mask."""
+        local = mask_checksum(masks).to(trainer.strategy.root_device)
+        gathered = trainer.strategy.all_gather(local)
+        if not bool((gathered == gathered[0]).all()):
+            raise RuntimeError(
+                "PruningCallback: the pruning masks differ across DDP ranks (checksums "
+                f"{gathered.sum(dim=-1).tolist()}). Training would diverge; this is a bug or "
+                "non-deterministic saliency data. Please report it with your config."
+            )
+
+    def _zero_optimizer_state(self, trainer: pl.Trainer) -> None:
+        """After early pruning, drop momentum/moments the pruned weights gathered while dense."""
+        for optimizer in trainer.optimizers:
+            for param, mask in self._masked:
+                for value in optimizer.state.get(param, {}).values():
+                    if isinstance(value, Tensor) and value.shape == param.shape:
+                        value.mul_(mask.to(value.dtype))
+
+    def _load_masks(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        try:
+            masks = torch.load(self.masks_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a corrupt or foreign file
+            raise ConfigError(
+                f"Could not read --pruning.masks_path {self.masks_path!r} ({err}). It must be a "
+                "file written by --pruning.save_masks_path."
+            ) from err
+        check_masks(pl_module, masks, include=self.include, exclude=self.exclude)
+        counts = kept_counts(masks)
+        kept = sum(k for k, _ in counts.values())
+        total = sum(t for _, t in counts.values())
+        file_sparsity = 1 - kept / total
+        if self.sparsity > 0 and abs(file_sparsity - self.sparsity) > 1 / total:
+            raise ConfigError(
+                f"--pruning.masks_path has sparsity {file_sparsity:.6f} but --pruning.sparsity is "
+                f"{self.sparsity}. Drop --pruning.sparsity (the file decides) or fix it."
+            )
+        return masks
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def _report(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        result: PruningResult | None,
+        data: Iterable | None = None,
+    ) -> None:
+        """Warn about collapse, log scalars/figure/history, write pruning.json (rank zero)."""
+        assert self.masks is not None
+        counts = kept_counts(self.masks)
+        kept = sum(k for k, _ in counts.values())
+        total = sum(t for _, t in counts.values())
+        collapsed = collapsed_layers(self.masks)
+        batch = _first_batch(data) if data is not None else None
+        input_shape = tuple(batch[0].shape[1:]) if batch is not None else _input_shape(pl_module)
+        connected = input_shape is None or has_input_output_path(pl_module, self.masks, input_shape)
+        if not connected:
+            rank_zero_warn(
+                "PRUNED NETWORK IS DISCONNECTED: no path from input to output survives this mask, "
+                "so the output no longer depends on the input and training can only reach chance "
+                f"accuracy. Lower the sparsity ({self.sparsity}) or try another method.",
+                category=UserWarning,
+            )
+        if collapsed:
+            rank_zero_warn(
+                f"Layer collapse: the mask removed {len(collapsed)} layer(s) entirely: "
+                f"{', '.join(collapsed)}."
+                + (
+                    " A path from input to output still survives (e.g. through residual "
+                    "connections)."
+                    if connected
+                    else ""
+                )
+            )
+        saliency = {}
+        if batch is not None:
+            for view in ("pruning", "sparsification"):
+                saliency[view] = force_saliency(pl_module, self.masks, [batch], view=view)
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if not trainer.is_global_zero:
+            return
+        rank_zero_info(
+            f"PruningCallback: kept {kept:,} of {total:,} prunable weights "
+            f"(sparsity {1 - kept / total:.4%})"
+            + (f" in {result.seconds:.1f} s." if result is not None else ".")
+        )
+        metrics = {"pruning/global_sparsity": 1 - kept / total}
+        metrics.update({f"pruning/kept_fraction/{n}": k / t for n, (k, t) in counts.items()})
+        metrics.update({f"pruning/force_saliency_{v}": s for v, s in saliency.items()})
+        if result is not None:
+            metrics["pruning/mask_seconds"] = result.seconds
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            for record in result.steps if result is not None else []:
+                step_metrics = {
+                    "pruning/step/kept": sum(record.kept.values()) / total,
+                    "pruning/step/pruned": record.pruned / total,
+                    "pruning/step/recovered": record.recovered / total,
+                }
+                if record.saliency is not None:
+                    step_metrics["pruning/step/force_saliency"] = record.saliency
+                logger.log_metrics(step_metrics, step=record.step)
+        if self.log_figure:
+            self._log_figure(trainer, log_dir, counts)
+        if log_dir is not None:
+            summary = self._summary(counts, collapsed, connected, saliency, result)
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / "pruning.json").write_text(json.dumps(summary, indent=1))
+
+    def _log_figure(
+        self, trainer: pl.Trainer, log_dir: str | None, counts: dict[str, tuple[int, int]]
+    ) -> None:
+        from pruning_lightning.analysis.figures import layer_density_figure
+
+        figure = layer_density_figure(counts, title=f"{self.method}, sparsity {self.sparsity}")
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                experiment.add_figure(
+                    "pruning/kept_fraction_per_layer", figure, trainer.global_step
+                )
+        if log_dir is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            figure.savefig(Path(log_dir) / "kept_fraction_per_layer.png", dpi=120)
+
+    def _summary(
+        self,
+        counts: dict[str, tuple[int, int]],
+        collapsed: list[str],
+        connected: bool,
+        saliency: dict[str, float],
+        result: PruningResult | None,
+    ) -> dict[str, Any]:
+        """The content of pruning.json in the run's log dir: what the analysis commands read."""
+        return {
+            **{key.removeprefix("pruning/"): value for key, value in self.hparams().items()},
+            "mask_seconds": None if result is None else result.seconds,
+            "global_sparsity": 1
+            - sum(k for k, _ in counts.values()) / sum(t for _, t in counts.values()),
+            "layers": {name: {"kept": k, "total": t} for name, (k, t) in counts.items()},
+            "collapsed_layers": collapsed,
+            "disconnected": not connected,
+            "force_saliency": saliency,
+            "history": [
+                {
+                    "step": r.step,
+                    "kept": r.kept,
+                    "pruned": r.pruned,
+                    "recovered": r.recovered,
+                    "saliency": r.saliency,
+                }
+                for r in (result.steps if result is not None else [])
+            ],
+        }
+
+    def _log_measured_sparsity(self, pl_module: pl.LightningModule, stage: str) -> None:
+        """Sparsity read off the weights themselves: what a checkpoint really holds."""
+        trainer = pl_module.trainer
+        if trainer.sanity_checking or (not self.enabled and trainer.state.fn == TrainerFn.FITTING):
+            return
+        params = prunable_parameters(pl_module, self.include, self.exclude)
+        zeros = sum(int((p == 0).sum()) for p in params.values())
+        total = sum(p.numel() for p in params.values())
+        pl_module.log(f"{stage}/sparsity", zeros / total, sync_dist=False)
+
+
+def mask_checksum(masks: dict[str, Tensor]) -> Tensor:
+    """Per tensor: kept count and the sum of kept positions; equal masks give equal checksums."""
+    rows = []
+    for mask in masks.values():
+        positions = mask.reshape(-1).nonzero().squeeze(1)
+        rows.append(
+            torch.stack(
+                [
+                    positions.numel() * torch.ones((), dtype=torch.long, device=mask.device),
+                    (positions + 1).sum(),
+                ]
+            )
+        )
+    return torch.stack(rows)
+
+
+def _first_batch(data: Iterable) -> tuple[Tensor, Tensor] | None:
+    for batch in data:
+        return batch
+    return None
+
+
+def _input_shape(pl_module: pl.LightningModule) -> tuple[int, ...] | None:
+    """(C, H, W) from an ImageClassifier's hyperparameters, when known."""
+    hp = getattr(pl_module, "hparams", {})
+    if "in_channels" in hp and "image_size" in hp:
+        return (hp["in_channels"], hp["image_size"], hp["image_size"])
+    return None

@@ -1,0 +1,115 @@
+"""The command line as a user drives it: configs, subcommands, checkpoints and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from data_fixtures import make_cifar_folder, make_tiny_imagenet
+
+from pruning_lightning.cli import main
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+FAST = [
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+]
+
+
+def run(*args: str) -> None:
+    main(list(args))
+
+
+def log_dir(root: Path) -> Path:
+    (path,) = (root / "lightning_logs").glob("version_*")
+    return path
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "--config", str(config), "--print_config")
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["pruning"]["method"] in {"force", "iter_snip", "snip"}
+    assert printed["data"]["class_path"].startswith("pruning_lightning.data.")
+
+
+def test_quickstart_fits_tests_and_reports(tmp_path, capsys):
+    run(
+        "fit", "--config", str(CONFIGS / "quickstart.yaml"), *FAST,
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--pruning.steps=2",
+        f"--trainer.default_root_dir={tmp_path}",
+    )  # fmt: skip
+    logs = log_dir(tmp_path)
+    metrics = json.loads((logs / "test_metrics.json").read_text())
+    assert 0.0 <= metrics["test/acc1"] <= 1.0
+    assert metrics["test/sparsity"] == pytest.approx(0.9, abs=1e-3)
+    summary = json.loads((logs / "pruning.json").read_text())
+    assert summary["method"] == "force" and len(summary["history"]) == 2
+    assert list(logs.glob("events.out.tfevents.*"))
+
+    # `test` from the checkpoint reports the sparsity the checkpoint holds
+    (ckpt,) = logs.glob("checkpoints/*.ckpt")
+    capsys.readouterr()
+    run(
+        "test", "--config", str(CONFIGS / "quickstart.yaml"), *FAST,
+        f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={tmp_path / 'test'}",
+    )  # fmt: skip
+    assert "test/sparsity" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("cifar10_*.yaml")), ids=lambda p: p.stem)
+def test_cifar10_configs_run_fast_dev_run(config, tmp_path):
+    data_dir = make_cifar_folder(tmp_path / "cifar", num_classes=10, train_per_class=2)
+    run(
+        "fit", "--config", str(config), *FAST, "--trainer.fast_dev_run=true",
+        f"--data.data_dir={data_dir}", "--data.batch_size=4", "--data.num_workers=0",
+        "--model.width=8", "--pruning.sparsity=0.9", "--pruning.steps=2",
+        f"--trainer.default_root_dir={tmp_path}",
+    )  # fmt: skip
+
+
+def test_tiny_imagenet_config_derives_class_count(tmp_path):
+    data_dir = make_tiny_imagenet(tmp_path / "tiny", per_class=2, val_per_class=1)
+    run(
+        "fit", "--config", str(CONFIGS / "tinyimagenet_resnet50.yaml"), *FAST,
+        "--trainer.fast_dev_run=true", f"--data.data_dir={data_dir}", "--data.batch_size=4",
+        "--data.num_workers=0", "--model.width=8", f"--trainer.default_root_dir={tmp_path}",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--model.backbone=resnet51", "Unknown backbone 'resnet51'"),
+        ("--pruning.method=snap", "Unknown pruning method 'snap'"),
+        ("--pruning.sparsity=1.5", "sparsity must be in [0, 1)"),
+        ("--data.val_fraction=1.0", "val_fraction"),
+    ],
+)
+def test_bad_input_exits_with_one_clear_message(override, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(
+            "fit", "--config", str(CONFIGS / "quickstart.yaml"), *FAST, override,
+            f"--trainer.default_root_dir={tmp_path}",
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_missing_dataset_names_the_fix(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(
+            "fit", "--config", str(CONFIGS / "cifar10_resnet50.yaml"), *FAST,
+            f"--data.data_dir={tmp_path / 'nothing'}", f"--trainer.default_root_dir={tmp_path}",
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "download" in err and "Traceback" not in err

@@ -1,0 +1,47 @@
+"""DDP on the CPU: two gloo processes on loopback end with the bit-identical mask."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).parent / "scripts" / "ddp_prune.py"
+
+
+def run_ddp(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_ranks_share_the_mask_and_weights(tmp_path):
+    proc = run_ddp(tmp_path, "--method", "force")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0["masks"].keys() == rank1["masks"].keys()
+    for name, mask in rank0["masks"].items():
+        assert torch.equal(mask, rank1["masks"][name]), name
+        weight = rank0["weights"][name]
+        assert torch.count_nonzero(weight[~mask]) == 0, name
+        assert torch.count_nonzero(rank1["weights"][name][~mask]) == 0, name
+    # parameters, not BN buffers: DDP keeps gradients in sync, running stats stay per rank
+    for name, weight in rank0["weights"].items():
+        assert torch.equal(weight, rank1["weights"][name]), name
+
+
+def test_mismatched_masks_fail_loudly(tmp_path):
+    proc = run_ddp(tmp_path, "--method", "snip", "--perturb")
+    assert proc.returncode != 0
+    assert "differ across DDP ranks" in proc.stderr
+    assert not (tmp_path / "rank0.pt").exists()
