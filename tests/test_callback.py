@@ -10,6 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import pruning_lightning.pruning.callback as callback_module
 from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.data import DigitsDataModule
 from pruning_lightning.errors import ConfigError
@@ -51,7 +52,8 @@ def fit(tmp_path: Path, callback: PruningCallback, model=None, ckpt_path=None, *
 
 def pruned_weights(model: ImageClassifier, masks: dict[str, torch.Tensor]) -> torch.Tensor:
     params = dict(model.named_parameters())
-    return torch.cat([params[n].detach()[~m].flatten() for n, m in masks.items()])
+    # after fit Lightning moves the model back to the CPU; masks stay where they were made
+    return torch.cat([params[n].detach()[~m.to(params[n].device)] for n, m in masks.items()])
 
 
 OPTIMIZERS = {
@@ -93,6 +95,31 @@ def test_pruned_weights_and_optimizer_state_stay_zero(tmp_path, optimizer, train
     # the kept weights did train
     changed = [not torch.equal(params[n].detach()[m], initial[n][m]) for n, m in masks.items()]
     assert all(changed)
+
+
+class NoisySGD(torch.optim.SGD):
+    """An optimizer that moves every weight, gradient or not: only re-zeroing can keep the mask."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(torch.randn_like(p), alpha=1e-3)
+        return loss
+
+
+def test_any_optimizer_gets_pruned_weights_re_zeroed_after_its_step(tmp_path, monkeypatch):
+    callback = PruningCallback(method="snip", sparsity=0.8)
+    _, model = fit(tmp_path / "a", callback, tiny_model(lambda p: NoisySGD(p, lr=0.1)))
+    assert torch.count_nonzero(pruned_weights(model, callback.masks)) == 0
+
+    # Trusting this optimizer to preserve zeros (as SGD/Adam/AdamW do) would break the mask:
+    # so the re-zeroing after the step is what holds it.
+    monkeypatch.setattr(callback_module, "ZERO_PRESERVING_OPTIMIZERS", (NoisySGD,))
+    trusting = PruningCallback(method="snip", sparsity=0.8)
+    _, model = fit(tmp_path / "b", trusting, tiny_model(lambda p: NoisySGD(p, lr=0.1)))
+    assert torch.count_nonzero(pruned_weights(model, trusting.masks)) > 0
 
 
 def test_sparsity_zero_trains_dense(tmp_path):
@@ -210,6 +237,7 @@ def test_bad_masks_path(tmp_path):
         ({"method": "snap"}, "Unknown pruning method"),
         ({"sparsity": 1.0}, r"\[0, 1\)"),
         ({"sparsity": -0.1}, r"\[0, 1\)"),
+        ({"method": "snip", "steps": 10}, "one-shot"),
         ({"steps": 0}, "steps"),
         ({"num_batches": 0}, "num_batches"),
         ({"schedule": "cosine"}, "schedule"),

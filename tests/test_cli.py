@@ -88,7 +88,7 @@ def test_tiny_imagenet_config_derives_class_count(tmp_path):
     [
         ("--model.backbone=resnet51", "Unknown backbone 'resnet51'"),
         ("--pruning.method=snap", "Unknown pruning method 'snap'"),
-        ("--pruning.sparsity=1.5", "sparsity must be in [0, 1)"),
+        ("--pruning.sparsity=1.5", "sparsity must be a number in [0, 1)"),
         ("--data.val_fraction=1.0", "val_fraction"),
     ],
 )

@@ -35,16 +35,27 @@ def test_data_free_masks_equal_cpu_and_cuda(method):
         assert torch.equal(mask, gpu[name].cpu()), name
 
 
-@pytest.mark.parametrize("method", ["snip", "grasp", "force", "iter_snip"])
-def test_gradient_masks_agree_with_cpu(method):
-    steps = {"force": 5, "iter_snip": 5}.get(method)
-    cpu = compute_masks(small_net(), batches(), method, 0.9, steps=steps)
-    gpu = compute_masks(small_net().cuda(), batches(), method, 0.9, steps=steps)
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_one_shot_masks_agree_with_cpu(method):
+    cpu = compute_masks(small_net(), batches(), method, 0.9)
+    gpu = compute_masks(small_net().cuda(), batches(), method, 0.9)
     kept = sum(int(m.sum()) for m in cpu.values())
     assert kept == sum(int(m.sum()) for m in gpu.values())
     # float reductions differ in order between devices: near-ties may flip, nothing more
     same = sum(int((m & gpu[n].cpu()).sum()) for n, m in cpu.items())
     assert same / kept > 0.97
+
+
+@pytest.mark.parametrize("method", ["force", "iter_snip"])
+def test_progressive_masks_are_deterministic_on_cuda(method):
+    # Progressive masks are chaotic (PAPER.md): CPU and CUDA rounding may end far apart, but the
+    # same device, seed and data must give the same mask, bit for bit.
+    first = compute_masks(small_net().cuda(), batches(), method, 0.9, steps=5)
+    second = compute_masks(small_net().cuda(), batches(), method, 0.9, steps=5)
+    total = sum(m.numel() for m in first.values())
+    assert sum(int(m.sum()) for m in first.values()) == round(0.1 * total)
+    for name, mask in first.items():
+        assert torch.equal(mask, second[name]), name
 
 
 def test_autocast_saliency_pass_keeps_exact_count():
@@ -58,10 +69,14 @@ def test_autocast_saliency_pass_keeps_exact_count():
 def test_mixed_precision_training_keeps_pruned_weights_zero(tmp_path, precision):
     callback = PruningCallback(method="snip", sparsity=0.8)
     model = tiny_model(OPTIMIZERS["sgd_momentum_wd"])
-    trainer, model = fit(tmp_path, callback, model, accelerator="gpu", precision=precision)
+    # 16-mixed skips the first steps while the GradScaler backs off from its 2**16 start scale:
+    # train long enough for real steps to happen (and so for optimizer state to exist)
+    trainer, model = fit(
+        tmp_path, callback, model, accelerator="gpu", precision=precision, limit_train_batches=30
+    )
     assert torch.count_nonzero(pruned_weights(model, callback.masks)) == 0
     state = trainer.optimizers[0].state
     params = dict(model.named_parameters())
     for name, mask in callback.masks.items():
         buf = state[params[name]]["momentum_buffer"]
-        assert torch.count_nonzero(buf[~mask]) == 0, name
+        assert torch.count_nonzero(buf[~mask.to(buf.device)]) == 0, name

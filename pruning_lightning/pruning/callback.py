@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.connectivity import has_input_output_path
-from pruning_lightning.pruning.engine import METHODS, PruningResult, run_pruning
+from pruning_lightning.pruning.engine import PruningResult, run_pruning, validate_options
 from pruning_lightning.pruning.masks import (
     apply_masks,
     check_masks,
@@ -33,8 +33,13 @@ from pruning_lightning.pruning.masks import (
     kept_counts,
     prunable_parameters,
 )
-from pruning_lightning.pruning.progressive import SCHEDULES
 from pruning_lightning.pruning.saliency import force_saliency
+
+# Optimizers whose step leaves an entry at exactly 0 when its weight, gradient and state are 0
+# (weight decay scales a zero weight, momentum and Adam moments stay 0). With the gradients masked
+# they keep pruned weights at zero by themselves, so the re-zeroing after their step is skipped:
+# one multiply per step instead of two. Any other optimizer (subclasses included) gets it.
+ZERO_PRESERVING_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
 class PruningCallback(Callback):
@@ -77,24 +82,8 @@ class PruningCallback(Callback):
             log_figure: log a bar chart of the kept fraction per layer.
         """
         super().__init__()
-        if method not in METHODS:
-            raise ConfigError(
-                f"Unknown pruning method {method!r}. Set --pruning.method to one of: "
-                f"{', '.join(METHODS)}."
-            )
-        if not 0.0 <= sparsity < 1.0:
-            raise ConfigError(
-                f"--pruning.sparsity must be in [0, 1) (0 = dense), got {sparsity}. "
-                "For 99.5% sparsity write 0.995."
-            )
-        if schedule not in SCHEDULES:
-            raise ConfigError(f"--pruning.schedule must be one of {SCHEDULES}, got {schedule!r}.")
-        if steps is not None and steps < 1:
-            raise ConfigError(
-                f"--pruning.steps must be >= 1 (or null for the default), got {steps}."
-            )
-        if num_batches < 1:
-            raise ConfigError(f"--pruning.num_batches must be >= 1, got {num_batches}.")
+        # the engine's own checks (method, sparsity, steps vs method, schedule, ...), now
+        validate_options(method, sparsity, steps, schedule, num_batches, seed or 0, temperature)
         if prune_after_steps < 0 or prune_after_epochs < 0:
             raise ConfigError("--pruning.prune_after_steps/epochs must be >= 0.")
         if prune_after_steps and prune_after_epochs:
@@ -246,7 +235,9 @@ class PruningCallback(Callback):
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles = [
-            opt.register_step_post_hook(zero_pruned) for opt in trainer.optimizers
+            opt.register_step_post_hook(zero_pruned)
+            for opt in trainer.optimizers
+            if type(opt) not in ZERO_PRESERVING_OPTIMIZERS
         ]
 
     def _saliency_data(self, trainer: pl.Trainer) -> Iterable:
@@ -376,7 +367,8 @@ class PruningCallback(Callback):
         if batch is not None:
             for view in ("pruning", "sparsification"):
                 saliency[view] = force_saliency(pl_module, self.masks, [batch], view=view)
-        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        # where the logger writes (none without a logger); a collective under DDP: all ranks ask
+        log_dir = trainer.log_dir if trainer.loggers else None
         if not trainer.is_global_zero:
             return
         rank_zero_info(
@@ -468,15 +460,9 @@ def mask_checksum(masks: dict[str, Tensor]) -> Tensor:
     """Per tensor: kept count and the sum of kept positions; equal masks give equal checksums."""
     rows = []
     for mask in masks.values():
-        positions = mask.reshape(-1).nonzero().squeeze(1)
-        rows.append(
-            torch.stack(
-                [
-                    positions.numel() * torch.ones((), dtype=torch.long, device=mask.device),
-                    (positions + 1).sum(),
-                ]
-            )
-        )
+        flat = mask.reshape(-1).long()
+        positions = torch.arange(1, flat.numel() + 1, device=flat.device)
+        rows.append(torch.stack([flat.sum(), (flat * positions).sum()]))
     return torch.stack(rows)
 
 

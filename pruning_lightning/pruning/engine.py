@@ -95,10 +95,19 @@ def run_pruning(
         input_shape: synflow's input shape of one example, e.g. ``(3, 32, 32)`` (default: taken
             from the first batch of ``data``).
     """
-    steps = _validate(
-        data, method, sparsity, steps, schedule, num_batches, seed, temperature, amp_dtype,
-        progress, input_shape,
+    steps = validate_options(
+        method, sparsity, steps, schedule, num_batches, seed, temperature, amp_dtype, progress,
+        input_shape,
     )  # fmt: skip
+    if data is None and method not in DATA_FREE:
+        raise ConfigError(
+            f"method '{method}' needs data: pass an iterable of (inputs, targets) batches (e.g. "
+            f"the training DataLoader); only {', '.join(DATA_FREE)} are data-free."
+        )
+    if data is None and method == "synflow" and input_shape is None:
+        raise ConfigError(
+            "synflow without data needs input_shape, the shape of one example, e.g. (3, 32, 32)."
+        )
     prunable = prunable_parameters(model, include, exclude)
     devices = {p.device for p in prunable.values()}
     if len(devices) > 1:
@@ -281,11 +290,23 @@ def _score_fn(
     return gradient_step
 
 
-def _validate(
-    data, method, sparsity, steps, schedule, num_batches, seed, temperature, amp_dtype,
-    progress, input_shape,
-) -> int:  # fmt: skip
-    """Check the arguments; return T."""
+def validate_options(
+    method: str,
+    sparsity: float,
+    steps: int | None = None,
+    schedule: str = "exp",
+    num_batches: int = 1,
+    seed: int = 0,
+    temperature: float = 200.0,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+    input_shape: Sequence[int] | None = None,
+) -> int:
+    """Check the options of :func:`run_pruning` without any model or data; return T.
+
+    Callers that configure pruning ahead of time (the Lightning callback) call it at
+    construction, so a bad option fails before any training starts.
+    """
     if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(
             f"Unknown pruning method {method!r}. Choose one of: {', '.join(METHODS)}."
@@ -344,15 +365,6 @@ def _validate(
         raise ConfigError(
             f"input_shape must be the shape of one example as positive integers, e.g. "
             f"(3, 32, 32), got {input_shape!r}."
-        )
-    if data is None and method not in DATA_FREE:
-        raise ConfigError(
-            f"method '{method}' needs data: pass an iterable of (inputs, targets) batches (e.g. "
-            f"the training DataLoader); only {', '.join(DATA_FREE)} are data-free."
-        )
-    if data is None and method == "synflow" and input_shape is None:
-        raise ConfigError(
-            "synflow without data needs input_shape, the shape of one example, e.g. (3, 32, 32)."
         )
     if steps is None:
         steps = DEFAULT_STEPS.get(method, 1)
