@@ -14,12 +14,26 @@ import sys
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-import pruning_lightning.data  # noqa: F401  (registers the datamodules for `--data NAME`)
+import pruning_lightning.data  # registers the datamodules for `--data NAME`
 from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.callback import PruningCallback
+
+DATAMODULES = [name for name in pruning_lightning.data.__all__ if name != "ImageDataModule"]
+
+
+class PruningArgumentParser(LightningArgumentParser):
+    """jsonargparse's errors, plus the datamodule names when `--data` is what went wrong."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if 'key "data"' in message:
+            message += (
+                f"\n  Datamodules: {', '.join(DATAMODULES)} (or the import path of any "
+                "LightningDataModule), e.g. --data CIFAR10DataModule."
+            )
+        super().error(message, ex)
 
 
 class PruningCLI(LightningCLI):
@@ -52,6 +66,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PruningCLI:
         ImageClassifier,
         LightningDataModule,
         subclass_mode_data=True,
+        parser_class=PruningArgumentParser,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from data_fixtures import make_cifar_folder, make_tiny_imagenet
 
-from pruning_lightning.cli import main
+from pruning_lightning.cli import build_cli, main
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 FAST = [
@@ -102,6 +103,44 @@ def test_bad_input_exits_with_one_clear_message(override, message, tmp_path, cap
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_unknown_datamodule_lists_the_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "--config", str(CONFIGS / "quickstart.yaml"), "--data", "Cifar11DataModule")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Cifar11DataModule" in err and "CIFAR10DataModule, CIFAR100DataModule" in err
+
+
+def test_any_torch_optimizer_from_the_config():
+    cli = build_cli(
+        ["--config", str(CONFIGS / "quickstart.yaml"), "--model.optimizer=torch.optim.Adam",
+         "--model.optimizer.lr=0.003", "--model.lr_scheduler=null"],
+        run=False,
+    )  # fmt: skip
+    optimizer = cli.model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["lr"] == 0.003
+
+
+def test_predict_writes_class_predictions(tmp_path):
+    run(
+        "fit", "--config", str(CONFIGS / "quickstart.yaml"), *FAST, "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2", "--pruning.steps=2", "--test_after_fit=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    )  # fmt: skip
+    (ckpt,) = log_dir(tmp_path).glob("checkpoints/*.ckpt")
+    run(
+        "predict", "--config", str(CONFIGS / "quickstart.yaml"), *FAST, f"--ckpt_path={ckpt}",
+        f"--trainer.default_root_dir={tmp_path / 'predict'}",
+    )  # fmt: skip
+    # the same from Python, to look at what predict returns
+    cli = build_cli(["--config", str(CONFIGS / "quickstart.yaml"), *FAST], run=False)
+    predictions = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    preds = torch.cat([p["pred"] for p in predictions])
+    assert preds.shape == (360,)  # the digits test split
+    assert preds.min() >= 0 and preds.max() < 10
 
 
 def test_missing_dataset_names_the_fix(tmp_path, capsys):
