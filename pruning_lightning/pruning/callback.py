@@ -338,6 +338,10 @@ class PruningCallback(Callback):
     ) -> None:
         """Warn about collapse, log scalars/figure/history, write pruning.json (rank zero)."""
         assert self.masks is not None
+        # where the logger writes (none without a logger); a collective under DDP: all ranks ask
+        log_dir = trainer.log_dir if trainer.loggers else None
+        if not trainer.is_global_zero:  # the masks are identical on every rank
+            return
         counts = kept_counts(self.masks)
         kept = sum(k for k, _ in counts.values())
         total = sum(t for _, t in counts.values())
@@ -367,10 +371,6 @@ class PruningCallback(Callback):
         if batch is not None:
             for view in ("pruning", "sparsification"):
                 saliency[view] = force_saliency(pl_module, self.masks, [batch], view=view)
-        # where the logger writes (none without a logger); a collective under DDP: all ranks ask
-        log_dir = trainer.log_dir if trainer.loggers else None
-        if not trainer.is_global_zero:
-            return
         rank_zero_info(
             f"PruningCallback: kept {kept:,} of {total:,} prunable weights "
             f"(sparsity {1 - kept / total:.4%})"
