@@ -131,14 +131,16 @@ def test_predict_writes_class_predictions(tmp_path):
         f"--trainer.default_root_dir={tmp_path}",
     )  # fmt: skip
     (ckpt,) = log_dir(tmp_path).glob("checkpoints/*.ckpt")
+    out = tmp_path / "predictions.pt"
     run(
         "predict", "--config", str(CONFIGS / "quickstart.yaml"), *FAST, f"--ckpt_path={ckpt}",
-        f"--trainer.default_root_dir={tmp_path / 'predict'}",
+        "--trainer.callbacks+=pruning_lightning.predictions.PredictionWriter",
+        f"--trainer.callbacks.path={out}", f"--trainer.default_root_dir={tmp_path / 'predict'}",
     )  # fmt: skip
-    # the same from Python, to look at what predict returns
-    cli = build_cli(["--config", str(CONFIGS / "quickstart.yaml"), *FAST], run=False)
-    predictions = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
-    preds = torch.cat([p["pred"] for p in predictions])
+    predictions = torch.load(out, weights_only=True)
+    assert predictions["probs"].shape == (360, 10)
+    assert torch.equal(predictions["pred"], predictions["probs"].argmax(dim=1))
+    preds = predictions["pred"]
     assert preds.shape == (360,)  # the digits test split
     assert preds.min() >= 0 and preds.max() < 10
 
