@@ -21,6 +21,7 @@ from pruning_lightning.pruning.saliency import (
     MaskedNetwork,
     _split_batch,
     _to_device,
+    batch_mean,
     module_modes,
 )
 
@@ -47,20 +48,13 @@ def grasp_hessian_gradient(
     g = net.gradients(batches, temperature)
     if grad_reduce is not None:
         grad_reduce(g)
-    hg: list[Tensor] | None = None
-    for x, y in batches:
+
+    def hessian_gradient(x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
         grads = torch.autograd.grad(net.loss(x, y, temperature), net.weights, create_graph=True)
         dot = sum((a * b).sum() for a, b in zip(g, grads, strict=True))
-        h = torch.autograd.grad(dot, net.weights)
-        if hg is None:
-            hg = list(h)
-        else:
-            for acc, v in zip(hg, h, strict=True):
-                acc.add_(v)
-    assert hg is not None
-    if len(batches) > 1:
-        for acc in hg:
-            acc.div_(len(batches))
+        return torch.autograd.grad(dot, net.weights)
+
+    hg = batch_mean(hessian_gradient(x, y) for x, y in batches)
     if grad_reduce is not None:
         grad_reduce(hg)
     return hg

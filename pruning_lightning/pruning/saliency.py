@@ -148,19 +148,28 @@ class MaskedNetwork:
         self, batches: Sequence[tuple[Tensor, Tensor]], temperature: float = 1.0
     ) -> list[Tensor]:
         """dL/dw averaged over ``batches`` (one backward per batch, so memory stays flat)."""
-        total: list[Tensor] | None = None
-        for x, y in batches:
-            grads = torch.autograd.grad(self.loss(x, y, temperature), self.weights)
-            if total is None:
-                total = list(grads)
-            else:
-                for acc, g in zip(total, grads, strict=True):
-                    acc.add_(g)
-        assert total is not None
-        if len(batches) > 1:
-            for acc in total:
-                acc.div_(len(batches))
-        return total
+        return batch_mean(
+            torch.autograd.grad(self.loss(x, y, temperature), self.weights) for x, y in batches
+        )
+
+
+def batch_mean(per_batch: Iterable[Sequence[Tensor]]) -> list[Tensor]:
+    """Element-wise mean of per-batch tensor lists, accumulated in place as they come."""
+    total: list[Tensor] | None = None
+    count = 0
+    for tensors in per_batch:
+        count += 1
+        if total is None:
+            total = list(tensors)
+        else:
+            for acc, t in zip(total, tensors, strict=True):
+                acc.add_(t)
+    if total is None:
+        raise ValueError("batch_mean needs at least one batch")
+    if count > 1:
+        for acc in total:
+            acc.div_(count)
+    return total
 
 
 def force_saliency(
