@@ -3,7 +3,8 @@
 For each backbone it prints, in one run:
   (1) the mask computation time of ``run_pruning`` for T steps,
   (2) the compute floor: T x the time of one plain forward+backward pass on the same batch,
-  (3) their ratio (both measured warm: one untimed pass of each path first),
+  (3) their ratio (both measured warm: untimed runs of each path first), as the median over
+      ``--repeats`` rounds that each measure the floor and then every method,
 and the peak memory of the mask computation against that of one dense training step (forward,
 backward, SGD with momentum), each measured in a fresh subprocess: on CPU as the growth of the
 resident set's high-water mark (VmHWM, reset at the start) over the model+batch baseline, on CUDA
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of floor + masks")
     parser.add_argument("--worker", choices=("dense", *METHODS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -144,28 +146,35 @@ def main() -> None:
     )
     header = (
         f"{'arch':<10} {'method':<10} {'mask s':>8} {'floor s':>8} {'ratio':>6} "
-        f"{'peak MiB':>9} {'dense MiB':>9} {'mem ratio':>9}"
+        f"{'(min-max)':>12} {'peak MiB':>9} {'dense MiB':>9} {'mem ratio':>9}"
     )
     print(header)
     for arch in args.arch:
         model, x, y, device = setup(args, arch)
-        # the floor is measured before and after the masks (median of both), so that a drift
-        # in the machine's load between the two hits both sides alike
-        before = floor_times(model, x, y, device)
-        # warm the pruning path too (allocator, kernels): the floor is measured warm
-        run_pruning(model, [(x, y)], "force", args.sparsity, steps=1)
-        timings = {}
+        # warm every path (allocator, kernels, the JIT-compiled CPU kernels): all measured warm
         for method in args.methods:
-            res = run_pruning(model, [(x, y)], method, args.sparsity, steps=args.steps)
-            timings[method] = res.seconds
-        floor = args.steps * statistics.median(before + floor_times(model, x, y, device))
+            run_pruning(model, [(x, y)], method, args.sparsity, steps=2)
+        # rounds interleave the floor and the masks, so that a drift in the machine's load hits
+        # both sides of each round's ratio alike; the medians over rounds are printed
+        seconds = {method: [] for method in args.methods}
+        ratios = {method: [] for method in args.methods}
+        floors = []
+        for _ in range(args.repeats):
+            floor = args.steps * statistics.median(floor_times(model, x, y, device))
+            floors.append(floor)
+            for method in args.methods:
+                res = run_pruning(model, [(x, y)], method, args.sparsity, steps=args.steps)
+                seconds[method].append(res.seconds)
+                ratios[method].append(res.seconds / floor)
         del model, x, y
         dense = measure_memory(args, arch, "dense")
         for method in args.methods:
             peak = measure_memory(args, arch, method)
+            spread = f"({min(ratios[method]):.3f}-{max(ratios[method]):.3f})"
             print(
-                f"{arch:<10} {method:<10} {timings[method]:>8.2f} {floor:>8.2f} "
-                f"{timings[method] / floor:>6.3f} {peak:>9.0f} {dense:>9.0f} {peak / dense:>9.3f}",
+                f"{arch:<10} {method:<10} {statistics.median(seconds[method]):>8.2f} "
+                f"{statistics.median(floors):>8.2f} {statistics.median(ratios[method]):>6.3f} "
+                f"{spread:>12} {peak:>9.0f} {dense:>9.0f} {peak / dense:>9.3f}",
                 flush=True,
             )
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")

@@ -32,6 +32,11 @@ from pruning_lightning.pruning.progressive import (
 )
 from pruning_lightning.pruning.saliency import BatchStream, LossFn, MaskedNetwork, module_modes
 
+try:  # numba: the fused CPU path of the gradient criteria; without it the torch path serves
+    from pruning_lightning.pruning import fused
+except ImportError:  # pragma: no cover - numba is a dependency
+    fused = None
+
 __all__ = ["METHODS", "PruningResult", "StepRecord", "compute_masks", "run_pruning"]
 
 METHODS: tuple[str, ...] = ("random", "magnitude", "snip", "grasp", "iter_snip", "force", "synflow")
@@ -144,35 +149,48 @@ def run_pruning(
                 """S(m) on fresh batches: sum over kept of |theta0 * dL/dw| at theta0 * m."""
                 assert net is not None and stream is not None
                 net.load(masks)
-                grads = net.gradients(stream.take(num_batches))
-                if grad_reduce is not None:
-                    grad_reduce(grads)
+                grads = _gradients(net, stream, num_batches, grad_reduce)
                 s = torch.zeros((), dtype=torch.float64, device=device)
                 with torch.no_grad():
                     for t, g, m in zip(net.theta0, grads, masks, strict=True):
                         s += torch.where(m, (t * g).abs_(), 0.0).sum(dtype=torch.float64)
                 return float(s)
 
-            score_fn = _score_fn(
-                method, model, prunable, net, stream, num_batches, seed, temperature,
-                grad_reduce, input_shape,
-            )  # fmt: skip
-            final, records = run_steps(
-                score_fn,
-                kept,
-                names,
-                shapes,
-                device,
-                method=method,
-                resurrect=method not in ("iter_snip", "synflow"),  # they rank kept weights only
-                dtype=torch.float64 if method == "synflow" else torch.float32,
-                record=record,
-                score_is_saliency=method in GRADIENT,
-                final_saliency=saliency if net is not None else None,
-                progress=report,
-                # the scores of a step overwrite its effective weights, no longer needed
-                buffer=net.flat if net is not None and method in GRADIENT else None,
-            )
+            resurrect = method not in ("iter_snip", "synflow")  # they rank kept weights only
+            if (
+                method in GRADIENT
+                and not record
+                and fused is not None
+                and fused.supported(device, net.theta0, net.flat)
+            ):
+                net.load(None)
+                final = fused.run_steps_fused(
+                    lambda: _gradients(net, stream, num_batches, grad_reduce),
+                    net.theta0, net.flat, kept, method=method, resurrect=resurrect,
+                    progress=report,
+                )  # fmt: skip
+                records = []
+            else:
+                score_fn = _score_fn(
+                    method, model, prunable, net, stream, num_batches, seed, temperature,
+                    grad_reduce, input_shape,
+                )  # fmt: skip
+                final, records = run_steps(
+                    score_fn,
+                    kept,
+                    names,
+                    shapes,
+                    device,
+                    method=method,
+                    resurrect=resurrect,
+                    dtype=torch.float64 if method == "synflow" else torch.float32,
+                    record=record,
+                    score_is_saliency=method in GRADIENT,
+                    final_saliency=saliency if net is not None else None,
+                    progress=report,
+                    # the scores of a step overwrite its effective weights, no longer needed
+                    buffer=net.flat if net is not None and method in GRADIENT else None,
+                )
             masks = {n: m.clone() for n, m in zip(names, final, strict=True)}
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -279,15 +297,23 @@ def _score_fn(
 
     def gradient_step(t, prev, views):  # snip, iter_snip, force: |theta0 * dL/dw| at theta0 * m
         net.load(prev)
-        grads = net.gradients(stream.take(num_batches))
-        if grad_reduce is not None:
-            grad_reduce(grads)
+        grads = _gradients(net, stream, num_batches, grad_reduce)
         with torch.no_grad():
             for v, th, g in zip(views, theta0, grads, strict=True):
                 torch.mul(th, g, out=v)
                 v.abs_()
 
     return gradient_step
+
+
+def _gradients(
+    net: MaskedNetwork, stream: BatchStream, num_batches: int, grad_reduce: GradReduce | None
+) -> list[Tensor]:
+    """dL/dw at the current effective weights on the next batches (all-reduced under DDP)."""
+    grads = net.gradients(stream.take(num_batches))
+    if grad_reduce is not None:
+        grad_reduce(grads)
+    return grads
 
 
 def validate_options(

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -153,25 +154,13 @@ class TopKSelector:
     def _bracket(
         self, k: int, n_allowed: int, allowed: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None]:
-        """Sample quantiles that bracket the k-th largest score with high probability."""
         x = self.scores
         if self._sample is None:
-            gen = torch.Generator().manual_seed(0)
-            self._sample = torch.randint(self.numel, (_SAMPLE,), generator=gen).to(x.device)
+            self._sample = sample_positions(self.numel).to(x.device)
         sample = x[self._sample]
         if allowed is not None:
             sample = sample[allowed[self._sample]]
-        m = sample.numel()
-        if m == 0:
-            return None, None
-        p = k / n_allowed
-        centre = p * m
-        margin = _SIGMAS * math.sqrt(m * p * (1.0 - p)) + 2.0
-        # 0-based ranks from the top; the i-th largest is the (m - i)-th smallest
-        i_hi, i_lo = math.floor(centre - margin), math.ceil(centre + margin)
-        hi = torch.kthvalue(sample, m - i_hi).values if i_hi >= 0 else None
-        lo = torch.kthvalue(sample, m - i_lo).values if i_lo < m else None
-        return lo, hi
+        return sample_bracket(sample, k, n_allowed)
 
     def _band(
         self, lo: Tensor | None, hi: Tensor | None, out: Tensor, allowed: Tensor | None
@@ -215,7 +204,7 @@ class TopKSelector:
         """``out`` holds the n_above kept above the band: add the band's scores above the k-th
         largest, then the earliest of those equal to it."""
         rank = k - n_above  # 1-based rank, from the top, of the threshold within cand
-        t = torch.kthvalue(cand, cand.numel() - rank + 1).values
+        t = kth_smallest(cand, cand.numel() - rank + 1)
         greater = cand > t
         out[idx[greater]] = True
         take = rank - int(torch.count_nonzero(greater))  # >= 1 of the ties are kept
@@ -235,11 +224,46 @@ def _nonzero(padded: Tensor, numel: int) -> Tensor:
     return pos[padded[pos]]
 
 
+def sample_positions(numel: int) -> Tensor:
+    """The fixed, seeded positions whose scores bracket the k-th largest (CPU, int64)."""
+    return torch.randint(numel, (_SAMPLE,), generator=torch.Generator().manual_seed(0))
+
+
+def sample_bracket(sample: Tensor, k: int, n: int) -> tuple[Tensor | None, Tensor | None]:
+    """Values ``(lo, hi)`` of ``sample`` (scores drawn from ``n``) that bracket the k-th largest
+    of all ``n`` with high probability; None for a side left open."""
+    m = sample.numel()
+    if m == 0:
+        return None, None
+    p = k / n
+    centre = p * m
+    margin = _SIGMAS * math.sqrt(m * p * (1.0 - p)) + 2.0
+    # 0-based ranks from the top; the i-th largest is the (m - i)-th smallest
+    i_hi, i_lo = math.floor(centre - margin), math.ceil(centre + margin)
+    hi = kth_smallest(sample, m - i_hi) if i_hi >= 0 else None
+    lo = kth_smallest(sample, m - i_lo) if i_lo < m else None
+    return lo, hi
+
+
+def kth_smallest(x: Tensor, k: int) -> Tensor:
+    """The k-th smallest value of the flat ``x`` (1-based), a 0-dim tensor on its device.
+
+    On the CPU through ``numpy.partition``, about ten times faster than ``torch.kthvalue`` there.
+    """
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.partition(x.numpy(), k - 1)[k - 1 : k]).squeeze(0)
+    return torch.kthvalue(x, k).values
+
+
 def check_finite(scores: Tensor, method: str) -> None:
     """ConfigError when a score is NaN or infinite (one cheap reduction in the usual case)."""
     if torch.isfinite(scores.sum()) or bool(torch.isfinite(scores).all()):
         return  # a non-finite sum of finite scores is an overflow of the sum alone
-    raise ConfigError(
+    raise nonfinite_error(method)
+
+
+def nonfinite_error(method: str) -> ConfigError:
+    return ConfigError(
         f"{method} produced non-finite scores (NaN or inf). Likely causes: weights or inputs "
         "that already contain NaN/inf (e.g. early pruning after a diverged run: lower the "
         "learning rate), float16 overflow under amp_dtype (use bfloat16 or no autocast), or for "

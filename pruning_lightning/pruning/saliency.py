@@ -148,9 +148,19 @@ class MaskedNetwork:
         self, batches: Sequence[tuple[Tensor, Tensor]], temperature: float = 1.0
     ) -> list[Tensor]:
         """dL/dw averaged over ``batches`` (one backward per batch, so memory stays flat)."""
-        return batch_mean(
-            torch.autograd.grad(self.loss(x, y, temperature), self.weights) for x, y in batches
-        )
+        return batch_mean(self._gradient(x, y, temperature) for x, y in batches)
+
+    def _gradient(self, x: Tensor, y: Tensor, temperature: float) -> list[Tensor]:
+        # backward(inputs=...) into .grad, not autograd.grad: the same result, and on the CPU
+        # measured ~4% faster on a VGG-19 pass (as fast as a plain training backward)
+        for w in self.weights:
+            w.grad = None
+        self.loss(x, y, temperature).backward(inputs=self.weights)
+        # a weight the loss does not use has a zero gradient
+        grads = [torch.zeros_like(w) if w.grad is None else w.grad for w in self.weights]
+        for w in self.weights:
+            w.grad = None
+        return grads
 
 
 def batch_mean(per_batch: Iterable[Sequence[Tensor]]) -> list[Tensor]:
