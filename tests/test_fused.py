@@ -167,3 +167,13 @@ def test_a_weight_the_loss_does_not_use_scores_zero(method):
     masks = run_pruning(WithUnusedLayer(), data(), method, 0.5, steps=steps).masks
     assert not bool(masks["unused.weight"].any())
     assert int(masks["used.weight"].sum()) == round(0.5 * (432 + 25))
+
+
+def test_fused_step_without_reload_leaves_the_weights():
+    theta, grads = problem(SHAPES, seed=6)
+    total = sum(t.numel() for t in theta)
+    weights = torch.full((total,), float("nan"))
+    out = torch.empty(total, dtype=torch.bool)
+    fused.FusedTopK(theta, weights).step(grads, 3000, "force", out=out, reload=False)
+    assert torch.equal(out, expected(theta, grads, 3000))
+    assert bool(weights.isnan().all())

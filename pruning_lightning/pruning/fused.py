@@ -126,13 +126,16 @@ def _extract(theta, grad, code, inside, offset, slot_idx, slot_val, out_idx, out
 
 @njit(parallel=True, cache=True)
 def _apply(theta, code, mask, weights):  # pragma: no cover - compiled
-    """Keep the codes above: mask (unless None) and weights = theta * mask, as load writes it."""
+    """Keep the codes above: mask and weights = theta * mask (as load writes it), each unless
+    None."""
     nblocks = (theta.size + _BLOCK - 1) // _BLOCK
     for b in prange(nblocks):
         block = slice(b * _BLOCK, (b + 1) * _BLOCK)
-        th, c, w = theta[block], code[block], weights[block]
-        for i in range(th.size):
-            w[i] = th[i] * np.float32(c[i] == _ABOVE)
+        th, c = theta[block], code[block]
+        if weights is not None:
+            w = weights[block]
+            for i in range(th.size):
+                w[i] = th[i] * np.float32(c[i] == _ABOVE)
         if mask is not None:
             m = mask[block]
             for i in range(th.size):
@@ -145,7 +148,8 @@ def _keep(theta, idx, val, t, last_tie, offset, mask, weights):  # pragma: no co
     for j in range(idx.size):
         if val[j] > t or (val[j] == t and idx[j] <= last_tie):
             p = idx[j] - offset
-            weights[p] = theta[p]
+            if weights is not None:
+                weights[p] = theta[p]
             if mask is not None:
                 mask[p] = True
 
@@ -194,10 +198,12 @@ class FusedTopK:
         out: Tensor | None = None,
         allowed: Tensor | None = None,
         n_allowed: int | None = None,
+        reload: bool = True,
     ) -> None:
         """Keep the top ``k`` of ``|theta * grad|`` among ``allowed`` (``n_allowed`` of them;
-        default all): set the effective weights to ``theta * m`` and write m into ``out`` (flat
-        bool) unless None."""
+        default all): write m into ``out`` (flat bool) unless None, and, if ``reload``, set the
+        effective weights to ``theta * m`` for the next step."""
+        weights = self.weights if reload else [None] * len(self.weights)
         g = [x.detach().reshape(-1).numpy() for x in grads]
         mask = [None] * len(g) if out is None else np.split(out.numpy(), self.offsets[1:])
         allow = [None] * len(g) if allowed is None else np.split(allowed.numpy(), self.offsets[1:])
@@ -207,7 +213,7 @@ class FusedTopK:
             _, _, bad = self._classify(g, allow, edge, edge)
             if bad:
                 raise nonfinite_error(method)
-            self._apply(mask)
+            self._apply(mask, weights)
             return
         lo = hi = None
         if self.numel > _SMALL:
@@ -229,12 +235,12 @@ class FusedTopK:
         t = np.partition(val, n_band - rank)[n_band - rank]
         ties = np.flatnonzero(val == t)
         last_tie = idx[ties[rank - int(np.count_nonzero(val > t)) - 1]]
-        self._apply(mask)
+        self._apply(mask, weights)
         start = 0
         for i, count in enumerate(counts):
             part = slice(start, start + count)
             _keep(self.theta[i], idx[part], val[part], t, last_tie, self.offsets[i], mask[i],
-                  self.weights[i])  # fmt: skip
+                  weights[i])  # fmt: skip
             start += count
 
     def _sample_scores(self, g: list[np.ndarray], allow: list[np.ndarray | None]) -> Tensor:
@@ -271,8 +277,8 @@ class FusedTopK:
             start += count
         return idx, val, counts
 
-    def _apply(self, mask: list[np.ndarray | None]) -> None:
-        for theta, code, m, w in zip(self.theta, self.code, mask, self.weights, strict=True):
+    def _apply(self, mask: list[np.ndarray | None], weights: list[np.ndarray | None]) -> None:
+        for theta, code, m, w in zip(self.theta, self.code, mask, weights, strict=True):
             _apply(theta, code, m, w)
 
 
@@ -311,6 +317,7 @@ def run_steps_fused(
             out=cur if t == len(kept) or not resurrect else None,
             allowed=prev if restrict else None,
             n_allowed=kept[t - 2] if restrict else None,
+            reload=t < len(kept),  # no step needs the last effective weights
         )  # fmt: skip
         prev = cur
         if progress is not None:
