@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -177,3 +180,25 @@ def test_fused_step_without_reload_leaves_the_weights():
     fused.FusedTopK(theta, weights).step(grads, 3000, "force", out=out, reload=False)
     assert torch.equal(out, expected(theta, grads, 3000))
     assert bool(weights.isnan().all())
+
+
+def test_without_numba_the_torch_path_serves_with_a_warning():
+    code = """
+import sys, warnings
+sys.modules["numba"] = None  # as if numba could not be imported
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import pruning_lightning
+print("warned:", any("fused CPU kernels are unavailable" in str(w.message) for w in caught))
+import torch
+from torch import nn
+from pruning_lightning import compute_masks
+from pruning_lightning.pruning import engine
+net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+data = [(torch.randn(4, 12), torch.tensor([0, 1, 2, 0]))]
+masks = compute_masks(net, data, "force", 0.5, steps=2)
+print("fused:", engine.fused, "kept:", int(masks["1.weight"].sum()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "warned: True" in out.stdout
+    assert "fused: None kept: 18" in out.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,8 +35,14 @@ from pruning_lightning.pruning.saliency import BatchStream, LossFn, MaskedNetwor
 
 try:  # numba: the fused CPU path of the gradient criteria; without it the torch path serves
     from pruning_lightning.pruning import fused
-except ImportError:  # pragma: no cover - numba is a dependency
+except Exception as err:  # pragma: no cover - numba missing, or no writable cache directory
     fused = None
+    warnings.warn(
+        f"pruning_lightning: the fused CPU kernels are unavailable ({err}); SNIP, Iterative SNIP "
+        "and FORCE use the slower torch path on the CPU. Install numba; if it cannot cache its "
+        "kernels, set NUMBA_CACHE_DIR to a writable directory.",
+        stacklevel=2,
+    )
 
 __all__ = ["METHODS", "PruningResult", "StepRecord", "compute_masks", "run_pruning"]
 
