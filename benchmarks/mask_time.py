@@ -2,7 +2,8 @@
 
 For each backbone it prints, in one run:
   (1) the mask computation time of ``run_pruning`` for T steps,
-  (2) the compute floor: T x the time of one plain forward+backward pass on the same batch,
+  (2) the compute floor: T x the time of one plain forward+backward pass on the same batch
+      (T passes timed in a row),
   (3) their ratio (both measured warm: untimed runs of each path first) over ``--repeats``
       rounds that each time the floor and then every method: the best mask time over the best
       floor (best of N, as ``timeit`` advises on a shared machine: other tenants only ever add
@@ -56,19 +57,20 @@ def forward_backward(model, x, y) -> None:
     F.cross_entropy(model(x), y).backward()
 
 
-def floor_times(model, x, y, device, repeats: int = 3) -> list[float]:
-    """Times of ``repeats`` plain forward+backward passes (after one warm-up pass)."""
+def floor_time(model, x, y, device, steps: int) -> float:
+    """Time of ``steps`` plain forward+backward passes in a row (after one warm-up pass): timed
+    as one, like the T passes of a mask computation, so that both sides of the ratio are sums of
+    the same number of passes, each exposed to the machine's noise alike."""
     model.train()
     forward_backward(model, x, y)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
         forward_backward(model, x, y)
-        sync(device)
-        times.append(time.perf_counter() - start)
+    sync(device)
+    elapsed = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
-    return times
+    return elapsed
 
 
 def rss_bytes(field: str) -> int:
@@ -162,7 +164,7 @@ def main() -> None:
         ratios = {method: [] for method in args.methods}
         floors = []
         for _ in range(args.repeats):
-            floor = args.steps * statistics.median(floor_times(model, x, y, device))
+            floor = floor_time(model, x, y, device, args.steps)
             floors.append(floor)
             for method in args.methods:
                 res = run_pruning(model, [(x, y)], method, args.sparsity, steps=args.steps)
