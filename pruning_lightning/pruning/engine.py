@@ -168,7 +168,7 @@ def run_pruning(
                 method in GRADIENT
                 and not record
                 and fused is not None
-                and fused.supported(device, net.theta0, net.flat)
+                and fused.supported(device, net.flat)
             ):
                 net.load(None)
                 final = fused.run_steps_fused(

@@ -184,10 +184,8 @@ class FusedTopK:
         self.slot_val = [np.empty(n, np.float32) for n in slots]
         # TopKSelector's sample positions, sorted (the same values, read in memory order)
         sample = np.sort(sample_positions(self.numel).numpy())
-        self.sample_local = np.split(sample, np.searchsorted(sample, self.offsets[1:]))
-        self.sample_local = [
-            s - off for s, off in zip(self.sample_local, self.offsets, strict=True)
-        ]
+        parts = np.split(sample, np.searchsorted(sample, self.offsets[1:]))
+        self.sample_local = [s - off for s, off in zip(parts, self.offsets, strict=True)]
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
     def step(
@@ -222,13 +220,14 @@ class FusedTopK:
             n_above, inside, bad = self._classify(g, allow, lo, hi)
             if bad:
                 raise nonfinite_error(method)
-            n_band = sum(int(c.sum()) for c in inside)
+            counts = [int(c.sum()) for c in inside]
+            n_band = sum(counts)
             if n_above < k <= n_above + n_band:
                 break
             lo, hi = (hi, None) if n_above >= k else (None, lo)  # missed: open that side
         else:  # pragma: no cover - counts are exact
             raise AssertionError(f"no bracket holds the {k}-th largest of {n} scores")
-        idx, val, counts = self._extract(g, inside, n_band)
+        idx, val = self._extract(g, inside, counts)
         # the k - n_above largest of the band are kept too: those above the threshold, then the
         # earliest of those equal to it
         rank = k - n_above
@@ -263,10 +262,9 @@ class FusedTopK:
             inside.append(c)
         return n_above, inside, bad
 
-    def _extract(self, g, inside, n_band: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        idx = np.empty(n_band, np.int64)
-        val = np.empty(n_band, np.float32)
-        counts = [int(c.sum()) for c in inside]
+    def _extract(self, g, inside, counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.empty(sum(counts), np.int64)
+        val = np.empty(sum(counts), np.float32)
         start = 0
         for i, (theta, grad, c, count) in enumerate(
             zip(self.theta, g, inside, counts, strict=True)
@@ -275,20 +273,17 @@ class FusedTopK:
             _extract(theta, grad, self.code[i], c, self.offsets[i], self.slot_idx[i],
                      self.slot_val[i], idx[part], val[part])  # fmt: skip
             start += count
-        return idx, val, counts
+        return idx, val
 
     def _apply(self, mask: list[np.ndarray | None], weights: list[np.ndarray | None]) -> None:
         for theta, code, m, w in zip(self.theta, self.code, mask, weights, strict=True):
             _apply(theta, code, m, w)
 
 
-def supported(device: torch.device, theta: Sequence[Tensor], weights: Tensor | None) -> bool:
-    """Whether :class:`FusedTopK` applies: CPU, float32 weights in one flat buffer."""
-    return (
-        device.type == "cpu"
-        and weights is not None
-        and all(t.dtype == torch.float32 for t in theta)
-    )
+def supported(device: torch.device, weights: Tensor | None) -> bool:
+    """Whether :class:`FusedTopK` applies: CPU, and the effective weights in one flat float32
+    buffer (``MaskedNetwork.flat``, which exists only when every prunable tensor is float32)."""
+    return device.type == "cpu" and weights is not None
 
 
 def run_steps_fused(

@@ -153,9 +153,7 @@ class MaskedNetwork:
     def _gradient(self, x: Tensor, y: Tensor, temperature: float) -> list[Tensor]:
         # backward(inputs=...) into .grad, not autograd.grad: the same result, and on the CPU
         # measured ~4% faster on a VGG-19 pass (as fast as a plain training backward)
-        for w in self.weights:
-            w.grad = None
-        self.loss(x, y, temperature).backward(inputs=self.weights)
+        self.loss(x, y, temperature).backward(inputs=self.weights)  # .grad is None before
         # a weight the loss does not use has a zero gradient
         grads = [torch.zeros_like(w) if w.grad is None else w.grad for w in self.weights]
         for w in self.weights:
