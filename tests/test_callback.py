@@ -10,12 +10,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import pruning_lightning.pruning.callback as callback_module
 from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.data import DigitsDataModule
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.callback import PruningCallback
 from pruning_lightning.pruning.masks import prunable_parameters
+from pruning_lightning.pruning.saliency import force_saliency_views
 
 
 def tiny_model(optimizer=None) -> ImageClassifier:
@@ -31,7 +31,14 @@ def tiny_model(optimizer=None) -> ImageClassifier:
     )
 
 
-def fit(tmp_path: Path, callback: PruningCallback, model=None, ckpt_path=None, **trainer_kwargs):
+def fit(
+    tmp_path: Path,
+    callback: PruningCallback,
+    model=None,
+    ckpt_path=None,
+    datamodule=None,
+    **trainer_kwargs,
+):
     pl.seed_everything(0)
     model = model or tiny_model()
     defaults = dict(
@@ -45,8 +52,9 @@ def fit(tmp_path: Path, callback: PruningCallback, model=None, ckpt_path=None, *
         devices=1,
         log_every_n_steps=1,
     )
-    trainer = pl.Trainer(callbacks=[callback], **{**defaults, **trainer_kwargs})
-    trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
+    trainer_kwargs.setdefault("callbacks", [callback])
+    trainer = pl.Trainer(**{**defaults, **trainer_kwargs})
+    trainer.fit(model, datamodule or DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
     return trainer, model
 
 
@@ -109,17 +117,97 @@ class NoisySGD(torch.optim.SGD):
         return loss
 
 
-def test_any_optimizer_gets_pruned_weights_re_zeroed_after_its_step(tmp_path, monkeypatch):
+class ZeroProbe(pl.Callback):
+    """After every optimizer step: the largest |pruned weight| and |optimizer state| seen."""
+
+    def __init__(self, pruning: PruningCallback) -> None:
+        self.pruning = pruning
+        self.weights: list[float] = []
+        self.state: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.pruning.masks is None:
+            return
+        params = dict(pl_module.named_parameters())
+        worst_weight, worst_state = 0.0, 0.0
+        for name, mask in self.pruning.masks.items():
+            pruned = ~mask.to(params[name].device)
+            weight = torch.where(pruned, params[name].detach(), 0)
+            worst_weight = max(worst_weight, weight.abs().max().item())
+            for value in trainer.optimizers[0].state.get(params[name], {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                    worst_state = max(worst_state, torch.where(pruned, value, 0).abs().max().item())
+        self.weights.append(worst_weight)
+        self.state.append(worst_state)
+
+
+def test_any_optimizer_gets_pruned_weights_re_zeroed_after_its_step(tmp_path):
     callback = PruningCallback(method="snip", sparsity=0.8)
-    _, model = fit(tmp_path / "a", callback, tiny_model(lambda p: NoisySGD(p, lr=0.1)))
+    probe = ZeroProbe(callback)
+    _, model = fit(
+        tmp_path, callback, tiny_model(lambda p: NoisySGD(p, lr=0.1)), callbacks=[callback, probe]
+    )
+    assert len(probe.weights) == 4 and max(probe.weights) == 0.0  # after every single step
     assert torch.count_nonzero(pruned_weights(model, callback.masks)) == 0
 
-    # Trusting this optimizer to preserve zeros (as SGD/Adam/AdamW do) would break the mask:
-    # so the re-zeroing after the step is what holds it.
-    monkeypatch.setattr(callback_module, "ZERO_PRESERVING_OPTIMIZERS", (NoisySGD,))
-    trusting = PruningCallback(method="snip", sparsity=0.8)
-    _, model = fit(tmp_path / "b", trusting, tiny_model(lambda p: NoisySGD(p, lr=0.1)))
-    assert torch.count_nonzero(pruned_weights(model, trusting.masks)) > 0
+
+class InfGradient(pl.Callback):
+    """Sets every pruned entry's gradient to +inf after each backward."""
+
+    def __init__(self, pruning: PruningCallback) -> None:
+        self.pruning = pruning
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        params = dict(pl_module.named_parameters())
+        for name, mask in self.pruning.masks.items():
+            params[name].grad[~mask] = float("inf")
+
+
+def test_masking_is_nan_safe_with_inf_gradients_and_adam_eps_zero(tmp_path):
+    callback = PruningCallback(method="snip", sparsity=0.8)
+    probe = ZeroProbe(callback)
+    model = tiny_model(lambda p: torch.optim.Adam(p, lr=1e-2, eps=0.0))
+    trainer, model = fit(
+        tmp_path, callback, model, callbacks=[callback, InfGradient(callback), probe]
+    )
+    # inf * 0 and 0 / (0 + eps=0) are NaN: a multiply would leave NaN in the pruned entries
+    assert probe.weights == [0.0] * 4 and probe.state == [0.0] * 4
+    assert torch.count_nonzero(pruned_weights(model, callback.masks)) == 0
+    params = dict(model.named_parameters())
+    for name, mask in callback.masks.items():
+        assert torch.isfinite(params[name].detach()[mask.cpu()]).all(), name
+
+
+def test_resuming_a_dense_checkpoint_into_a_pruned_run_stays_pruned(tmp_path):
+    dense = PruningCallback(sparsity=0.0)
+    trainer, _ = fit(tmp_path / "dense", dense, max_epochs=2)
+    ckpt = Path(trainer.checkpoint_callback.best_model_path)
+    assert ckpt.is_file()
+
+    callback = PruningCallback(method="snip", sparsity=0.8)
+    probe = ZeroProbe(callback)
+    trainer, model = fit(
+        tmp_path / "pruned", callback, ckpt_path=ckpt, max_epochs=4, callbacks=[callback, probe]
+    )
+    # the restored momentum is dense: without zeroing it the first step moves pruned weights
+    assert len(probe.weights) == 8 and max(probe.weights) == 0.0
+    assert max(probe.state) == 0.0
+    assert trainer.callback_metrics["val/sparsity"] == pytest.approx(0.8, abs=1e-4)
+
+
+def test_weight_averaging_cannot_bring_pruned_weights_back(tmp_path):
+    from lightning.pytorch.callbacks import WeightAveraging
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    # early pruning: the average has seen dense weights before the mask existed
+    callback = PruningCallback(method="magnitude", sparsity=0.6, prune_after_steps=2)
+    ema = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    trainer, model = fit(tmp_path, callback, callbacks=[ema, callback], limit_train_batches=5)
+    assert trainer.callback_metrics["val/sparsity"] == pytest.approx(0.6, abs=1e-4)
+    assert torch.count_nonzero(pruned_weights(model, callback.masks)) == 0
+    state = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    for name, mask in callback.masks.items():
+        assert torch.count_nonzero(state["state_dict"][name][~mask.cpu()]) == 0, name
 
 
 def test_sparsity_zero_trains_dense(tmp_path):
@@ -199,6 +287,31 @@ def test_logs_per_layer_sparsity_figure_and_summary(tmp_path):
     assert (log_dir / "kept_fraction_per_layer.png").is_file()
 
 
+def test_force_saliency_views_are_measured_on_the_dense_theta0(tmp_path):
+    model = tiny_model()
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    callback = PruningCallback(method="force", sparsity=0.9, steps=3)
+    plain = DigitsDataModule(batch_size=32, augment=False)  # the first batch is reproducible
+    trainer, model = fit(tmp_path, callback, model=model, datamodule=plain)
+    saliency = json.loads((Path(trainer.log_dir) / "pruning.json").read_text())["force_saliency"]
+    # the sparsification view adds the pruned weights' |theta0 * g|: zero if theta0 was zeroed
+    assert 0 < saliency["pruning"] < saliency["sparsification"]
+
+    # the same numbers from an untouched copy of the initial model, on the first saliency batch
+    dense = tiny_model()
+    dense.load_state_dict({**dense.state_dict(), **theta0})
+    batch = next(iter(callback._saliency_data(trainer)))
+    expected = force_saliency_views(dense, callback.masks, [batch])
+    assert saliency == pytest.approx(expected, rel=1e-4)
+
+
+def test_saliency_loader_yields_full_batches_only(tmp_path):
+    callback = PruningCallback(method="snip", sparsity=0.5)
+    trainer, _ = fit(tmp_path, callback)
+    sizes = {len(y) for _, y in callback._saliency_data(trainer)}
+    assert sizes == {32}  # 1437 * 0.9 training digits: a short last batch is never scored
+
+
 def test_warns_about_layer_collapse_and_disconnection(tmp_path):
     callback = PruningCallback(method="magnitude", sparsity=0.5, exclude=["backbone.conv1.weight"])
     model = tiny_model()
@@ -225,10 +338,26 @@ def test_collapse_inside_a_residual_branch_is_not_called_disconnected(tmp_path):
 def test_bad_masks_path(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         PruningCallback(masks_path=str(tmp_path / "missing.pt"))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("garbage\n")
+    with pytest.raises(ConfigError) as info:
+        fit(tmp_path / "g", PruningCallback(masks_path=str(garbage)))
+    assert str(info.value) == (
+        f"--pruning.masks_path {str(garbage)!r} is not a mask file. Point it at a file written "
+        "by --pruning.save_masks_path."
+    )
     path = tmp_path / "wrong.pt"
     torch.save({"backbone.conv1.weight": torch.ones(3, 3, dtype=torch.bool)}, path)
     with pytest.raises(ConfigError):
         fit(tmp_path, PruningCallback(masks_path=str(path)))
+
+
+def test_one_shot_method_ignores_a_configs_steps():
+    # a config written for FORCE (steps: 10) must still run when only the method changes
+    with pytest.warns(UserWarning, match="one-shot: it ignores --pruning.steps 10"):
+        callback = PruningCallback(method="snip", sparsity=0.5, steps=10)
+    assert callback.steps is None
+    assert PruningCallback(method="synflow", sparsity=0.5, steps=10).steps == 10
 
 
 @pytest.mark.parametrize(
@@ -237,7 +366,6 @@ def test_bad_masks_path(tmp_path):
         ({"method": "snap"}, "Unknown pruning method"),
         ({"sparsity": 1.0}, r"\[0, 1\)"),
         ({"sparsity": -0.1}, r"\[0, 1\)"),
-        ({"method": "snip", "steps": 10}, "one-shot"),
         ({"steps": 0}, "steps"),
         ({"num_batches": 0}, "num_batches"),
         ({"schedule": "cosine"}, "schedule"),

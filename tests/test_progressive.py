@@ -136,3 +136,24 @@ def test_recorded_saliency_matches_force_saliency():
     assert snip.steps[0].saliency == pytest.approx(force_saliency(net, snip.masks, data), rel=1e-5)
     assert all(r.saliency is not None and r.saliency > 0 for r in res.steps)
     assert run_pruning(net, data, "force", 0.9, steps=3).steps == []
+
+
+def test_each_pass_over_a_distributed_sampler_gets_a_new_shuffle():
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    from pruning_lightning.pruning.saliency import BatchStream
+
+    dataset = TensorDataset(torch.arange(8.0), torch.arange(8))
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=3)
+    stream = BatchStream(DataLoader(dataset, batch_size=4, sampler=sampler), torch.device("cpu"))
+    # T x num_batches = 6 batches of a 2-batch epoch: three passes, like DistributedSampler
+    # epochs 0, 1, 2 (without set_epoch every pass would repeat the order of the first)
+    drawn = [y.tolist() for _, y in stream.take(6)]
+    passes = [sum(drawn[i : i + 2], []) for i in (0, 2, 4)]
+    expected = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        expected.append(list(sampler))
+    assert passes == expected
+    assert passes[0] != passes[1] != passes[2]
+    assert stream.passes == 3

@@ -25,21 +25,22 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.connectivity import has_input_output_path
-from pruning_lightning.pruning.engine import PruningResult, run_pruning, validate_options
+from pruning_lightning.pruning.engine import (
+    METHODS,
+    PROGRESSIVE,
+    PruningResult,
+    run_pruning,
+    validate_options,
+)
 from pruning_lightning.pruning.masks import (
-    apply_masks,
     check_masks,
     collapsed_layers,
     kept_counts,
     prunable_parameters,
 )
-from pruning_lightning.pruning.saliency import force_saliency
+from pruning_lightning.pruning.saliency import force_saliency_views
 
-# Optimizers whose step leaves an entry at exactly 0 when its weight, gradient and state are 0
-# (weight decay scales a zero weight, momentum and Adam moments stay 0). With the gradients masked
-# they keep pruned weights at zero by themselves, so the re-zeroing after their step is skipped:
-# one multiply per step instead of two. Any other optimizer (subclasses included) gets it.
-ZERO_PRESERVING_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+DATA_FREE_BROADCAST = ("random", "magnitude", "synflow")  # masks rank 0 broadcasts under DDP
 
 
 class PruningCallback(Callback):
@@ -67,7 +68,8 @@ class PruningCallback(Callback):
         Args:
             method: pruning criterion: random, magnitude, snip, grasp, iter_snip, force, synflow.
             sparsity: fraction of prunable weights to remove, in [0, 1); 0 trains the dense network.
-            steps: iterations T of force/iter_snip/synflow (None: 60, 60, 100; one-shot methods: 1).
+            steps: iterations T of force/iter_snip/synflow (None: 60, 60, 100); one-shot methods
+                ignore it (with a warning), so a config's T survives switching the method.
             schedule: kept-count schedule of the progressive methods: exp or linear.
             num_batches: training batches per saliency evaluation (per step when progressive).
             seed: seed of the saliency data order and of `random`; None follows `seed_everything`.
@@ -82,7 +84,18 @@ class PruningCallback(Callback):
             log_figure: log a bar chart of the kept fraction per layer.
         """
         super().__init__()
-        # the engine's own checks (method, sparsity, steps vs method, schedule, ...), now
+        if (
+            isinstance(method, str)
+            and method in METHODS
+            and method not in PROGRESSIVE
+            and isinstance(steps, int)
+            and steps > 1
+        ):
+            rank_zero_warn(
+                f"--pruning.method {method} is one-shot: it ignores --pruning.steps {steps}."
+            )
+            steps = None
+        # the engine's own checks (method, sparsity, steps, schedule, ...), now
         validate_options(method, sparsity, steps, schedule, num_batches, seed or 0, temperature)
         if prune_after_steps < 0 or prune_after_epochs < 0:
             raise ConfigError("--pruning.prune_after_steps/epochs must be >= 0.")
@@ -116,7 +129,8 @@ class PruningCallback(Callback):
         self.verify_ranks = verify_ranks
         self.log_figure = log_figure
         self.masks: dict[str, Tensor] | None = None
-        self._masked: list[tuple[Tensor, Tensor]] = []  # (parameter, mask in its dtype)
+        self.summary: dict[str, Any] | None = None  # pruning.json, kept for resumed runs
+        self._pruned: list[tuple[Tensor, Tensor]] = []  # (parameter, True where pruned)
         self._hook_handles: list[Any] = []
 
     # -- what the run looks like ----------------------------------------------------------------
@@ -144,11 +158,18 @@ class PruningCallback(Callback):
         if self.masks is not None:  # restored from a checkpoint: never recompute
             rank_zero_info("PruningCallback: using the mask stored in the checkpoint.")
             self._install(trainer, pl_module, self.masks)
+            # a resumed run logs to a new version folder: describe the mask there too
+            self._write_summary(trainer, _log_dir(trainer))
         elif self.masks_path is not None:
-            self._install(trainer, pl_module, self._load_masks(pl_module))
-            self._report(trainer, pl_module, None)
+            masks = self._load_masks(pl_module)
+            self._finish(trainer, pl_module, masks, None, self._saliency_data(trainer))
         elif self.enabled and not self.early:
             self._prune(trainer, pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning restores a checkpoint's optimizer state after on_fit_start: momentum or Adam
+        # moments of a dense checkpoint would move the pruned weights off zero at the first step
+        self._zero_optimizer_state(trainer)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -164,10 +185,23 @@ class PruningCallback(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        # Masked gradients keep momentum / Adam moments of pruned weights at zero.
-        grads = [(p.grad, m) for p, m in self._masked if p.grad is not None]
-        if grads:
-            torch._foreach_mul_([g for g, _ in grads], [m for _, m in grads])
+        # Masked gradients keep momentum / Adam moments of pruned weights at zero (and out of
+        # gradient clipping); masked_fill, since an inf gradient times 0 would be NaN.
+        for p, pruned in self._pruned:
+            if p.grad is not None:
+                p.grad.masked_fill_(pruned, 0)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._enforce(pl_module)  # e.g. after a weight-averaging callback swapped its weights in
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._enforce(pl_module)
+
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._enforce(pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._enforce(pl_module)  # SWA/EMA copy their average into the model at train end
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_measured_sparsity(pl_module, "val")
@@ -180,12 +214,30 @@ class PruningCallback(Callback):
             handle.remove()
         self._hook_handles = []
 
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """The saved weights are masked too (a weight-averaging callback may put its own there)."""
+        state = checkpoint.get("state_dict")
+        if self.masks is None or not isinstance(state, dict):
+            return
+        for name, mask in self.masks.items():
+            value = state.get(name)
+            if isinstance(value, Tensor) and value.shape == mask.shape:
+                state[name] = value.masked_fill(~mask.to(value.device), 0)
+
     def state_dict(self) -> dict[str, Any]:
         masks = None if self.masks is None else {k: v.cpu() for k, v in self.masks.items()}
-        return {"masks": masks, "method": self.method, "sparsity": self.sparsity}
+        return {
+            "masks": masks,
+            "method": self.method,
+            "sparsity": self.sparsity,
+            "summary": self.summary,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.masks = state_dict.get("masks")
+        self.summary = state_dict.get("summary")
 
     # -- the work -------------------------------------------------------------------------------
 
@@ -210,12 +262,27 @@ class PruningCallback(Callback):
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
             record=True,
         )
+        if trainer.world_size > 1 and self.method in DATA_FREE_BROADCAST:
+            # no gradient is all-reduced: float kernels could differ by a bit between ranks
+            _broadcast_masks(result.masks)
         if self.verify_ranks and trainer.world_size > 1:
             self._verify_identical(trainer, result.masks)
-        self._install(trainer, pl_module, result.masks)
+        self._finish(trainer, pl_module, result.masks, result, data)
+
+    def _finish(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        masks: dict[str, Tensor],
+        result: PruningResult | None,
+        data: Iterable | None,
+    ) -> None:
+        """Measure the mask on the dense theta0, then zero the pruned weights, then report."""
+        self.summary = self._measure(trainer, pl_module, masks, result, data)
+        self._install(trainer, pl_module, masks)
         if self.save_masks_path and trainer.is_global_zero:
-            torch.save({k: v.cpu() for k, v in result.masks.items()}, self.save_masks_path)
-        self._report(trainer, pl_module, result, data)
+            torch.save({k: v.cpu() for k, v in masks.items()}, self.save_masks_path)
+        self._report(trainer, result)
 
     def _install(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, masks: dict[str, Tensor]
@@ -223,27 +290,37 @@ class PruningCallback(Callback):
         """Zero the pruned weights and keep them at zero after every optimizer step."""
         params = dict(pl_module.named_parameters())
         self.masks = {k: v.to(params[k].device, torch.bool) for k, v in masks.items()}
-        apply_masks(pl_module, self.masks)
-        self._masked = [(params[k], m.to(params[k].dtype)) for k, m in self.masks.items()]
-        weights = [p for p, _ in self._masked]
-        factors = [m for _, m in self._masked]
+        self._pruned = [(params[k], ~m) for k, m in self.masks.items()]
+        self._enforce(pl_module)
 
         def zero_pruned(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            with torch.no_grad():
-                torch._foreach_mul_(weights, factors)
+            _zero(self._pruned)
 
         for handle in self._hook_handles:
             handle.remove()
-        self._hook_handles = [
-            opt.register_step_post_hook(zero_pruned)
-            for opt in trainer.optimizers
-            if type(opt) not in ZERO_PRESERVING_OPTIMIZERS
-        ]
+        # every optimizer: a zero-preserving update is a bet on every path zeroing every state
+        # (a restored momentum, Adam with eps=0 giving 0/0, a custom optimizer)
+        self._hook_handles = [o.register_step_post_hook(zero_pruned) for o in trainer.optimizers]
+
+    def _enforce(self, pl_module: pl.LightningModule) -> None:
+        """Pruned weights to exactly 0 (masks follow the weights if the module moved)."""
+        if self.masks is None:
+            return
+        params = dict(pl_module.named_parameters())
+        if not self._pruned or any(
+            p is not params.get(k) or pruned.device != p.device
+            for k, (p, pruned) in zip(self.masks, self._pruned, strict=True)
+        ):
+            self._pruned = [
+                (params[k], ~m.to(params[k].device, torch.bool)) for k, m in self.masks.items()
+            ]
+        _zero(self._pruned)
 
     def _saliency_data(self, trainer: pl.Trainer) -> Iterable:
         """A fresh loader over the training set, sharded across ranks with a seeded order.
 
-        Never the trainer's own iterator: iterating that here would disturb training.
+        Never the trainer's own iterator: iterating that here would disturb training. Full
+        batches only (as in the official code), and a new shuffle on each pass over the data.
         """
         if trainer.datamodule is not None:
             loader = trainer.datamodule.train_dataloader()
@@ -258,6 +335,7 @@ class PruningCallback(Callback):
             shuffle=True,
             seed=self._seed(),
         )
+        batch_size = loader.batch_size or 1
         return DataLoader(
             loader.dataset,
             batch_size=loader.batch_size,
@@ -265,6 +343,8 @@ class PruningCallback(Callback):
             num_workers=loader.num_workers,
             collate_fn=loader.collate_fn,
             pin_memory=loader.pin_memory,
+            # a shard smaller than one batch keeps its one short batch rather than none
+            drop_last=len(sampler) >= batch_size,
         )
 
     def _seed(self) -> int:
@@ -300,21 +380,30 @@ class PruningCallback(Callback):
             )
 
     def _zero_optimizer_state(self, trainer: pl.Trainer) -> None:
-        """After early pruning, drop momentum/moments the pruned weights gathered while dense."""
+        """Zero the optimizer state (momentum, moments) of pruned entries.
+
+        Called once the state is final: after early pruning (the dense steps filled it) and at
+        train start (Lightning has just restored a checkpoint's state).
+        """
         for optimizer in trainer.optimizers:
-            for param, mask in self._masked:
+            for param, pruned in self._pruned:
                 for value in optimizer.state.get(param, {}).values():
                     if isinstance(value, Tensor) and value.shape == param.shape:
-                        value.mul_(mask.to(value.dtype))
+                        value.masked_fill_(pruned.to(value.device), 0)
 
     def _load_masks(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        not_a_mask = ConfigError(
+            f"--pruning.masks_path {self.masks_path!r} is not a mask file. Point it at a file "
+            "written by --pruning.save_masks_path."
+        )
         try:
             masks = torch.load(self.masks_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a corrupt or foreign file
-            raise ConfigError(
-                f"Could not read --pruning.masks_path {self.masks_path!r} ({err}). It must be a "
-                "file written by --pruning.save_masks_path."
-            ) from err
+        except Exception:  # a corrupt or foreign file: torch's own advice would mislead
+            raise not_a_mask from None
+        if not isinstance(masks, dict) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in masks.items()
+        ):
+            raise not_a_mask
         check_masks(pl_module, masks, include=self.include, exclude=self.exclude)
         counts = kept_counts(masks)
         kept = sum(k for k, _ in counts.values())
@@ -329,26 +418,42 @@ class PruningCallback(Callback):
 
     # -- reporting ------------------------------------------------------------------------------
 
-    def _report(
+    def _measure(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
+        masks: dict[str, Tensor],
         result: PruningResult | None,
-        data: Iterable | None = None,
-    ) -> None:
-        """Warn about collapse, log scalars/figure/history, write pruning.json (rank zero)."""
-        assert self.masks is not None
-        # where the logger writes (none without a logger); a collective under DDP: all ranks ask
-        log_dir = trainer.log_dir if trainer.loggers else None
-        if not trainer.is_global_zero:  # the masks are identical on every rank
-            return
-        counts = kept_counts(self.masks)
-        kept = sum(k for k, _ in counts.values())
-        total = sum(t for _, t in counts.values())
-        collapsed = collapsed_layers(self.masks)
+        data: Iterable | None,
+    ) -> dict[str, Any]:
+        """What pruning.json holds, measured on every rank while theta0 is still dense.
+
+        The saliency pass runs on every rank with its gradient all-reduced (a SyncBatchNorm in
+        train mode is a collective), so all ranks compute the same numbers.
+        """
+        counts = kept_counts(masks)
+        collapsed = collapsed_layers(masks)
         batch = _first_batch(data) if data is not None else None
         input_shape = tuple(batch[0].shape[1:]) if batch is not None else _input_shape(pl_module)
-        connected = input_shape is None or has_input_output_path(pl_module, self.masks, input_shape)
+        connected = input_shape is None or has_input_output_path(pl_module, masks, input_shape)
+        saliency = {}
+        if batch is not None:
+            saliency = force_saliency_views(
+                pl_module, masks, [batch], grad_reduce=self._grad_reduce(trainer)
+            )
+        return self._summary(counts, collapsed, connected, saliency, result)
+
+    def _report(self, trainer: pl.Trainer, result: PruningResult | None) -> None:
+        """Warn about collapse, log scalars/figure/history, write pruning.json (rank zero)."""
+        summary = self.summary
+        assert summary is not None
+        log_dir = _log_dir(trainer)  # a collective under DDP: every rank asks
+        if not trainer.is_global_zero:  # the masks are identical on every rank
+            return
+        counts = {n: (v["kept"], v["total"]) for n, v in summary["layers"].items()}
+        kept = sum(k for k, _ in counts.values())
+        total = sum(t for _, t in counts.values())
+        collapsed, connected = summary["collapsed_layers"], not summary["disconnected"]
         if not connected:
             rank_zero_warn(
                 "PRUNED NETWORK IS DISCONNECTED: no path from input to output survives this mask, "
@@ -367,10 +472,6 @@ class PruningCallback(Callback):
                     else ""
                 )
             )
-        saliency = {}
-        if batch is not None:
-            for view in ("pruning", "sparsification"):
-                saliency[view] = force_saliency(pl_module, self.masks, [batch], view=view)
         rank_zero_info(
             f"PruningCallback: kept {kept:,} of {total:,} prunable weights "
             f"(sparsity {1 - kept / total:.4%})"
@@ -378,6 +479,7 @@ class PruningCallback(Callback):
         )
         metrics = {"pruning/global_sparsity": 1 - kept / total}
         metrics.update({f"pruning/kept_fraction/{n}": k / t for n, (k, t) in counts.items()})
+        saliency = summary["force_saliency"]
         metrics.update({f"pruning/force_saliency_{v}": s for v, s in saliency.items()})
         if result is not None:
             metrics["pruning/mask_seconds"] = result.seconds
@@ -394,10 +496,14 @@ class PruningCallback(Callback):
                 logger.log_metrics(step_metrics, step=record.step)
         if self.log_figure:
             self._log_figure(trainer, log_dir, counts)
-        if log_dir is not None:
-            summary = self._summary(counts, collapsed, connected, saliency, result)
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(log_dir) / "pruning.json").write_text(json.dumps(summary, indent=1))
+        self._write_summary(trainer, log_dir)
+
+    def _write_summary(self, trainer: pl.Trainer, log_dir: str | None) -> None:
+        """pruning.json in the run's log dir (rank zero; nothing without a logger or summary)."""
+        if log_dir is None or self.summary is None or not trainer.is_global_zero:
+            return
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        (Path(log_dir) / "pruning.json").write_text(json.dumps(self.summary, indent=1))
 
     def _log_figure(
         self, trainer: pl.Trainer, log_dir: str | None, counts: dict[str, tuple[int, int]]
@@ -453,7 +559,30 @@ class PruningCallback(Callback):
         params = prunable_parameters(pl_module, self.include, self.exclude)
         zeros = sum(int((p == 0).sum()) for p in params.values())
         total = sum(p.numel() for p in params.values())
-        pl_module.log(f"{stage}/sparsity", zeros / total, sync_dist=False)
+        # equal on every rank; sync_dist keeps Lightning's epoch-level reduction well defined
+        pl_module.log(f"{stage}/sparsity", zeros / total, sync_dist=True)
+
+
+def _zero(pairs: list[tuple[Tensor, Tensor]]) -> None:
+    """``p[pruned] = 0`` for each pair: NaN-safe (a multiply would turn inf or NaN into NaN)."""
+    with torch.no_grad():
+        for p, pruned in pairs:
+            p.masked_fill_(pruned, 0)
+
+
+def _log_dir(trainer: pl.Trainer) -> str | None:
+    """Where the logger writes, None without one. A collective under DDP: call on every rank."""
+    return trainer.log_dir if trainer.loggers else None
+
+
+def _broadcast_masks(masks: dict[str, Tensor]) -> None:
+    """Overwrite every rank's masks with rank 0's, in place (one flat broadcast)."""
+    flat = torch.cat([m.reshape(-1) for m in masks.values()]).to(torch.uint8)
+    dist.broadcast(flat, src=0)
+    offset = 0
+    for mask in masks.values():
+        mask.copy_(flat[offset : offset + mask.numel()].view(mask.shape).bool())
+        offset += mask.numel()
 
 
 def mask_checksum(masks: dict[str, Tensor]) -> Tensor:

@@ -292,7 +292,11 @@ def global_topk_masks(scores: Mapping[str, Tensor], k: int) -> dict[str, Tensor]
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
-    """Zero the pruned weights in place (``weight.mul_(mask)``), outside autograd."""
+    """Zero the pruned weights in place, outside autograd.
+
+    ``masked_fill`` rather than a multiply: a non-finite pruned weight (``inf * 0`` is NaN) still
+    ends at exactly 0.
+    """
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, mask in masks.items():
@@ -302,7 +306,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
                     "were the masks computed for another model?"
                 )
             p = params[name]
-            p.mul_(mask.to(device=p.device))
+            p.masked_fill_(~mask.to(device=p.device, dtype=torch.bool), 0)
 
 
 def check_masks(

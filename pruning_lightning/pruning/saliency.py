@@ -63,14 +63,24 @@ class BatchStream:
         self.data, self.device = data, device
         self._it: Iterator | None = None
         self.drawn = 0
+        self.passes = 0  # iterators started over ``data``
+
+    def _start_pass(self) -> Iterator:
+        """A new iterator; a sampler with ``set_epoch`` (DistributedSampler) gets the pass number,
+        so each pass over the data is shuffled anew instead of repeating the first order."""
+        set_epoch = getattr(getattr(self.data, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.passes)
+        self.passes += 1
+        return iter(self.data)
 
     def next(self) -> tuple[Tensor, Tensor]:
         if self._it is None:
-            self._it = iter(self.data)
+            self._it = self._start_pass()
         try:
             batch = next(self._it)
         except StopIteration:
-            self._it = iter(self.data)
+            self._it = self._start_pass()
             try:
                 batch = next(self._it)
             except StopIteration:
@@ -193,12 +203,29 @@ def force_saliency(
     ``"pruning"``: sum over the kept weights of ``|theta0 * dL/dw|`` (removed weights cut from the
     graph). ``"sparsification"``: removed weights keep their gradient and the sum runs over all
     weights. The gradient is averaged over all ``batches``; the model is in train mode for the
-    pass, as for the criteria. Prunable tensors without a mask count as fully kept.
+    pass, as for the criteria. Prunable tensors without a mask count as fully kept. theta0 must be
+    the dense weights: on a model whose pruned weights are already zero both views are equal.
     """
     if view not in SALIENCY_VIEWS:
         raise ConfigError(
             f"Unknown saliency view '{view}'. Choose one of: pruning, sparsification."
         )
+    return force_saliency_views(model, masks, batches, loss_fn=loss_fn)[view]
+
+
+def force_saliency_views(
+    model: nn.Module,
+    masks: Mapping[str, Tensor],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    loss_fn: LossFn | None = None,
+    grad_reduce: Callable[[list[Tensor]], None] | None = None,
+) -> dict[str, float]:
+    """Both views of :func:`force_saliency` from ONE gradient pass (the gradient is the same).
+
+    ``grad_reduce`` all-reduces the gradient in place (DDP), so every rank gets the same numbers
+    and every rank must call this.
+    """
     prunable = prunable_parameters(model)
     unknown = [n for n in masks if n not in prunable]
     if unknown:
@@ -216,9 +243,13 @@ def force_saliency(
     with module_modes(model, True):
         net.load(device_masks)
         grads = net.gradients(stream)
-    total = torch.zeros((), dtype=torch.float64, device=net.device)
+    if grad_reduce is not None:
+        grad_reduce(grads)
+    kept = torch.zeros((), dtype=torch.float64, device=net.device)
+    every = torch.zeros((), dtype=torch.float64, device=net.device)
     with torch.no_grad():
         for t, g, m in zip(net.theta0, grads, device_masks, strict=True):
             s = (t * g).abs_()
-            total += (s[m] if view == "pruning" else s).sum(dtype=torch.float64)
-    return float(total)
+            every += s.sum(dtype=torch.float64)
+            kept += torch.where(m, s, 0.0).sum(dtype=torch.float64)
+    return {"pruning": float(kept), "sparsification": float(every)}

@@ -51,7 +51,7 @@ def main() -> None:
         "resnet18", num_classes=10, in_channels=1, image_size=8, width=4, lr_scheduler=None
     )
     cls = PerturbingCallback if args.perturb else PruningCallback
-    steps = 3 if args.method in ("force", "iter_snip") else None
+    steps = 3 if args.method in ("force", "iter_snip", "synflow") else None
     pruning = cls(method=args.method, sparsity=0.9, steps=steps)
     trainer = pl.Trainer(
         accelerator="cpu",
