@@ -54,9 +54,10 @@ class PruningCLI(LightningCLI):
         if not self.config.fit.test_after_fit or self.trainer.interrupted:
             return
         results = self.trainer.test(self.model, datamodule=self.datamodule)
-        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        if self.trainer.is_global_zero and log_dir is not None:
             # what sweeps read back: the test metrics of the final weights
-            path = Path(self.trainer.log_dir) / "test_metrics.json"
+            path = Path(log_dir) / "test_metrics.json"
             path.write_text(json.dumps(results[0] if results else {}, indent=1))
 
 

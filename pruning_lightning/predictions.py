@@ -2,6 +2,9 @@
 
     pruning-lightning predict --config configs/quickstart.yaml --ckpt_path ... \
         --trainer.callbacks+=pruning_lightning.predictions.PredictionWriter
+
+Under DDP every rank predicts its own shard (each image exactly once); the shards are gathered
+into ONE file, in the order of the dataset.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes the predicted classes and probabilities of the predict split to one `.pt` file."""
+    """Writes the predicted classes and probabilities of the predict split to one `.pt` file.
+
+    The file holds ``pred`` (class indices), ``probs`` (class probabilities) and ``index`` (the
+    dataset index of each row; rows are sorted by it).
+    """
 
     def __init__(self, path: str | None = None) -> None:
         """
@@ -32,12 +40,29 @@ class PredictionWriter(BasePredictionWriter):
         predictions: Any,
         batch_indices: Any,
     ) -> None:
-        batches = (
-            predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        )
+        batches = _first_dataloader(predictions)
+        indices = _first_dataloader(batch_indices)
         out = {key: torch.cat([b[key].cpu() for b in batches]) for key in ("pred", "probs")}
+        flat = [i for batch in indices for i in batch]
+        if len(flat) == len(out["pred"]):
+            out["index"] = torch.tensor(flat, dtype=torch.long)
+        # every rank takes part in both collectives (log_dir is one under DDP)
         path = Path(self.path or Path(trainer.log_dir or ".") / "predictions.pt")
-        if trainer.world_size > 1:  # one file per rank: each rank predicts its own shard
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(out, path)
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            shards: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(shards, out)
+            out = {key: torch.cat([s[key] for s in shards]) for key in out}
+        if "index" in out:
+            order = torch.argsort(out["index"])
+            out = {key: value[order] for key, value in out.items()}
+        if trainer.is_global_zero:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(out, path)
+
+
+def _first_dataloader(values: Any) -> list:
+    """Lightning nests per-dataloader lists only when there are several dataloaders."""
+    first = values[0] if values else None
+    if isinstance(first, list) and first and isinstance(first[0], list | dict):
+        return first
+    return list(values or [])

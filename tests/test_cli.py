@@ -11,6 +11,7 @@ import yaml
 from data_fixtures import make_cifar_folder, make_tiny_imagenet
 
 from pruning_lightning.cli import build_cli, main
+from pruning_lightning.pruning.engine import METHODS
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 FAST = [
@@ -103,6 +104,36 @@ def test_bad_input_exits_with_one_clear_message(override, message, tmp_path, cap
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_a_file_that_is_not_a_mask_gets_one_line(tmp_path, capsys):
+    garbage = tmp_path / "m.pt"
+    garbage.write_text("garbage\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run(
+            "fit", "--config", str(CONFIGS / "quickstart.yaml"), *FAST,
+            f"--pruning.masks_path={garbage}", f"--trainer.default_root_dir={tmp_path}",
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"pruning-lightning: error: --pruning.masks_path {str(garbage)!r} is not a mask file. "
+        "Point it at a file written by --pruning.save_masks_path."
+    )
+    assert not any("weights_only" in line or "Traceback" in line for line in err)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_on_the_quickstart_by_changing_only_the_method(method, tmp_path):
+    run(
+        "fit", "--config", str(CONFIGS / "quickstart.yaml"), f"--pruning.method={method}",
+        *FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+        f"--trainer.default_root_dir={tmp_path}",
+    )  # fmt: skip
+    summary = json.loads((log_dir(tmp_path) / "pruning.json").read_text())
+    assert summary["method"] == method
+    assert summary["global_sparsity"] == pytest.approx(0.9, abs=1e-5)
 
 
 def test_unknown_datamodule_lists_the_choices(tmp_path, capsys):

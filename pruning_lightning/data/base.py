@@ -16,6 +16,9 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -221,10 +224,15 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self._require(self.train_dataset, "fit"), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "fit"), shuffle=False)
+        # `validate` counts every image once; validation inside `fit` keeps Lightning's sampler,
+        # which under DDP repeats up to (world size - 1) images to even out the ranks
+        standalone = self.trainer is not None and self.trainer.state.fn == TrainerFn.VALIDATING
+        dataset = self._require(self.val_dataset, "fit")
+        return self._loader(dataset, shuffle=False, unrepeated=standalone)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.test_dataset, "test"), shuffle=False)
+        dataset = self._require(self.test_dataset, "test")
+        return self._loader(dataset, shuffle=False, unrepeated=True)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.test_dataset, "predict"), shuffle=False)
@@ -235,11 +243,20 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError(f"Call setup('{stage}') before asking for this dataloader.")
         return dataset
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, unrepeated: bool = False) -> DataLoader:
+        """``unrepeated``: under DDP, shard the images so that each is seen exactly once (ranks
+        may get one image more or less); Lightning keeps a sampler it is given."""
+        sampler = None
+        if unrepeated and dist.is_available() and dist.is_initialized():
+            if dist.get_world_size() > 1:
+                sampler = UnrepeatedDistributedSampler(
+                    dataset, dist.get_world_size(), dist.get_rank(), shuffle=False
+                )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
