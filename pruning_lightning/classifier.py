@@ -6,14 +6,17 @@ the only thing that differs between a dense and a pruned run is the PruningCallb
 
 from __future__ import annotations
 
+import math
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from pruning_lightning.errors import ConfigError
 from pruning_lightning.models import build_backbone
 
 
@@ -43,6 +46,7 @@ class ImageClassifier(pl.LightningModule):
         width: int | None = None,
         optimizer: OptimizerCallable = paper_sgd,
         lr_scheduler: LRSchedulerCallable | None = paper_multistep,
+        warmup_epochs: float = 0.0,
     ) -> None:
         """
         Args:
@@ -53,7 +57,12 @@ class ImageClassifier(pl.LightningModule):
             width: base width of the backbone (None: the published one).
             optimizer: any torch optimizer, e.g. ``{class_path: torch.optim.Adam}``.
             lr_scheduler: any torch LR scheduler, stepped once per epoch; null for a constant rate.
+            warmup_epochs: ramp the learning rate linearly from ~0 to the scheduled one over this
+                many epochs, per optimizer step (0: none). Deep plain networks such as VGG-19
+                need it to train at lr 0.1 without collapsing to a constant output.
         """
+        if warmup_epochs < 0:
+            raise ConfigError(f"--model.warmup_epochs must be >= 0, got {warmup_epochs}.")
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.backbone = build_backbone(
@@ -61,6 +70,7 @@ class ImageClassifier(pl.LightningModule):
         )
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.warmup_epochs = warmup_epochs
 
         # top-1/top-5 accuracy over all samples ("micro"; torchmetrics defaults to per-class)
         def accuracy(top_k: int) -> MulticlassAccuracy:
@@ -70,6 +80,9 @@ class ImageClassifier(pl.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # evaluation loss as a metric: a mean over images, synchronised across DDP ranks
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(x)
@@ -81,7 +94,14 @@ class ImageClassifier(pl.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits, y)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
+        if on_step:
+            self.log(
+                f"{stage}/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True
+            )
+        else:
+            mean_loss = getattr(self, f"{stage}_loss")
+            mean_loss.update(loss.detach(), weight=y.numel())
+            self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=True)
         self.log_dict(metrics, on_step=on_step, on_epoch=True, prog_bar=True)
         return loss
 
@@ -98,6 +118,39 @@ class ImageClassifier(pl.LightningModule):
         x = batch[0] if isinstance(batch, list | tuple) else batch
         probs = self(x).softmax(dim=-1)
         return {"pred": probs.argmax(dim=-1), "probs": probs}
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """The optimizer step, at a warmed-up fraction of the scheduled rate early in training.
+
+        The scheduled rates are put back right after the step, so the epoch scheduler never sees
+        the warm-up (a LambdaLR beside it would overwrite its decays).
+        """
+        factor = self._warmup_factor()
+        if factor >= 1.0:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
+            group["lr"] = lr * factor
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        finally:
+            for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
+                group["lr"] = lr
+
+    def on_train_start(self) -> None:
+        batches = self.trainer.num_training_batches
+        if self.warmup_epochs > 0 and not math.isfinite(batches):
+            raise ConfigError(
+                "--model.warmup_epochs needs a training set of known length; set it to 0."
+            )
+        per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches) if batches else 1
+        self._warmup_steps = max(1, round(self.warmup_epochs * per_epoch))
+
+    def _warmup_factor(self) -> float:
+        """(step + 1) / warm-up steps while warming up, else 1."""
+        if self.warmup_epochs <= 0:
+            return 1.0
+        return min(1.0, (self.trainer.global_step + 1) / self._warmup_steps)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
