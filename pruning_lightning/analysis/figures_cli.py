@@ -24,7 +24,9 @@ from pruning_lightning.analysis.results import (
     PRUNING_JSON,
     collect_runs,
     filter_rows,
+    find_pruning_json,
     group_rows,
+    latest_pruning_jsons,
     mean_std,
     read_pruning_json,
     read_table,
@@ -63,11 +65,18 @@ def load_rows(
 def load_summaries(
     paths: Sequence[str], sparsity: float | None = None, methods: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
-    """pruning.json summaries from files, log dirs or folders above them, optionally filtered."""
+    """pruning.json summaries from files, log dirs or folders above them, optionally filtered.
+
+    One per run: a log dir of a resumed run without its own pruning.json gets the earlier
+    attempt's, and a folder scan skips the pruning.json of attempts that a later one superseded.
+    """
     summaries = []
     for path in map(Path, paths):
-        if path.is_dir() and not (path / PRUNING_JSON).is_file():
-            found = sorted(path.rglob(PRUNING_JSON))
+        own = find_pruning_json(path) if path.is_dir() else None
+        if own is not None:
+            summaries.append(read_pruning_json(own))
+        elif path.is_dir():
+            found = latest_pruning_jsons(path)
             if not found:
                 raise ConfigError(
                     f"No {PRUNING_JSON} under {path}. Pass the folder of a pruned run (dense runs "

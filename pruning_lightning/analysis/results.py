@@ -2,9 +2,13 @@
 
 A run's log dir (``trainer.log_dir``) holds what the CLI wrote: ``test_metrics.json`` (with
 ``--test_after_fit true``), ``pruning.json`` (when it pruned) and LightningCLI's ``config.yaml``.
-:func:`read_run` turns one such dir into one flat row; :func:`read_table` reads a results CSV back
-with numbers parsed, and raises :class:`ConfigError` naming the file and the fix when it is empty
-or malformed, so a figure never silently plots nothing.
+A run resumed from a checkpoint logs to a new ``version_N`` (except a requeued SLURM job, whose
+version is its unchanged job id); :func:`find_log_dir` takes the newest one with test metrics, and
+its mask statistics come from an earlier attempt's ``pruning.json`` when the resumed attempt wrote
+none (:func:`find_pruning_json`). :func:`read_run` turns one such dir into one flat row;
+:func:`read_table` reads a results CSV back with numbers parsed, and raises :class:`ConfigError`
+naming the file and the fix when it is empty or malformed, so a figure never silently plots
+nothing.
 """
 
 from __future__ import annotations
@@ -50,7 +54,11 @@ RESULT_COLUMNS = [
 
 
 def find_log_dir(run_root: str | Path) -> Path | None:
-    """The newest log dir under ``run_root`` that holds a finished run's test metrics, or None."""
+    """The newest log dir under ``run_root`` that holds a finished run's test metrics, or None.
+
+    Newest = highest ``version_N`` (a resumed run logs to the next version; under SLURM the
+    version is the job id, which a requeued job keeps), then newest file.
+    """
     found = [p.parent for p in Path(run_root).rglob(TEST_METRICS)]
     if not found:
         return None
@@ -60,6 +68,69 @@ def find_log_dir(run_root: str | Path) -> Path | None:
 def _version_number(log_dir: Path) -> int:
     match = re.fullmatch(r"version_(\d+)", log_dir.name)
     return int(match.group(1)) if match else -1
+
+
+def find_pruning_json(log_dir: str | Path) -> Path | None:
+    """The ``pruning.json`` describing the mask of the run logged in ``log_dir``, or None.
+
+    Its own, else (a run resumed from a checkpoint logs to a new ``version_N``, which may lack
+    one) the newest one among the earlier attempts of the same run: the versions right before
+    ``log_dir`` in its ``lightning_logs``, back to the nearest one that finished on its own (holds
+    test metrics: another run). An attempt counts only when its ``config.yaml`` has the same
+    ``pruning`` settings and ``seed_everything``, so an unrelated run sharing the folder never
+    lends its mask (dense runs write none and get none).
+    """
+    log_dir = Path(log_dir)
+    own = log_dir / PRUNING_JSON
+    if own.is_file():
+        return own
+    number = _version_number(log_dir)
+    if number < 0:
+        return None
+    config = read_config(log_dir)
+    earlier = sorted(
+        (n, d)
+        for d in log_dir.parent.glob("version_*")
+        if d.is_dir() and 0 <= (n := _version_number(d)) < number
+    )
+    for _, attempt in reversed(earlier):
+        if (attempt / TEST_METRICS).is_file():
+            return None
+        if not _same_mask_settings(config, read_config(attempt)):
+            continue
+        if (attempt / PRUNING_JSON).is_file():
+            return attempt / PRUNING_JSON
+    return None
+
+
+def latest_pruning_jsons(root: str | Path) -> list[Path]:
+    """Every ``pruning.json`` under ``root``, one per run: of a run resumed from a checkpoint into
+    later ``version_N`` folders (see :func:`find_pruning_json`), only the newest attempt's."""
+    return [p for p in sorted(Path(root).rglob(PRUNING_JSON)) if not _superseded(p.parent)]
+
+
+def _superseded(log_dir: Path) -> bool:
+    """Whether a later attempt of the same (unfinished here) run has its own pruning.json."""
+    number = _version_number(log_dir)
+    if number < 0 or (log_dir / TEST_METRICS).is_file():
+        return False
+    config = read_config(log_dir)
+    later = sorted(
+        (n, d)
+        for d in log_dir.parent.glob("version_*")
+        if d.is_dir() and (n := _version_number(d)) > number
+    )
+    for _, attempt in later:
+        if (attempt / PRUNING_JSON).is_file() and _same_mask_settings(config, read_config(attempt)):
+            return True
+        if (attempt / TEST_METRICS).is_file():
+            return False
+    return False
+
+
+def _same_mask_settings(a: dict, b: dict) -> bool:
+    """Whether two saved configs would compute the same mask."""
+    return all(a.get(key) == b.get(key) for key in ("pruning", "seed_everything"))
 
 
 def _read_json(path: Path) -> Any:
@@ -157,7 +228,8 @@ def read_run(log_dir: str | Path) -> dict[str, Any]:
     """One tidy row from a finished run's log dir (see :data:`RESULT_COLUMNS`).
 
     A run with sparsity 0 is dense whatever its ``pruning.method`` says, so its method is
-    ``"dense"``; it has no pruning.json, so its mask columns are empty.
+    ``"dense"``; it has no pruning.json, so its mask columns are empty. A resumed run whose log dir
+    lacks pruning.json takes it from an earlier attempt (:func:`find_pruning_json`).
     """
     log_dir = Path(log_dir)
     metrics_path = log_dir / TEST_METRICS
@@ -173,8 +245,8 @@ def read_run(log_dir: str | Path) -> dict[str, Any]:
             "with --test_after_fit true and limit_test_batches > 0."
         )
     config = read_config(log_dir)
-    pruning_path = log_dir / PRUNING_JSON
-    summary = read_pruning_json(pruning_path) if pruning_path.is_file() else None
+    pruning_path = find_pruning_json(log_dir)
+    summary = read_pruning_json(pruning_path) if pruning_path is not None else None
     row: dict[str, Any] = {}
     source = summary if summary is not None else (config.get("pruning") or {})
     sparsity = source.get("sparsity", 0.0) or 0.0

@@ -7,11 +7,18 @@
 Every run is a plain ``pruning-lightning fit --test_after_fit true`` in a subprocess, with its own
 ``--trainer.default_root_dir`` (``OUT/<run name>``) and ``--seed_everything``, so a sweep adds
 nothing a single run does not have. Runs go one after another; a run is finished once its
-``test_metrics.json`` exists, so invoking the same sweep again skips finished runs and redoes
-half-finished ones (their folder is deleted first). The finished runs' results land in one tidy
-CSV (``OUT/results.csv``). ``--slurm`` writes a job-array script instead (one array task per
-unfinished run, the same command through ``srun``; multi-GPU through Lightning's own
-``--trainer.devices``/``--trainer.num_nodes``), and ``--dry-run`` only prints the commands.
+``test_metrics.json`` exists, so invoking the same sweep again skips finished runs and continues
+unfinished ones from their newest checkpoint (the same command plus ``--ckpt_path``; see
+:mod:`pruning_lightning.analysis.resume`); an unfinished run without a checkpoint starts over. The
+finished runs' results land in one tidy CSV (``OUT/results.csv``), one row per run.
+
+``--slurm`` writes a job-array script instead: one array task per unfinished run, the same command
+through ``srun`` (multi-GPU through Lightning's own ``--trainer.devices``/``--trainer.num_nodes``).
+The script asks SLURM for ``--signal=SIGUSR1@90`` and ``--requeue``: 90 s before the time limit
+Lightning's SLURMEnvironment saves ``hpc_ckpt_<N>.ckpt`` into the run folder and requeues the task,
+and the requeued task resumes from it (Lightning loads it itself). A task of a re-submitted sweep
+continues an unfinished run from its newest checkpoint the same way. ``--dry-run`` only prints the
+commands.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pruning_lightning.analysis import resume
 from pruning_lightning.analysis.results import (
     find_log_dir,
     parse_value,
@@ -37,6 +45,11 @@ from pruning_lightning.analysis.results import (
 )
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.engine import METHODS, PROGRESSIVE
+
+# Seconds before the time limit at which SLURM sends the requeue signal (SIGUSR1) to the runs.
+REQUEUE_SIGNAL_SECONDS = 90
+# Run directly by the SLURM script (stdlib only, so it does not import torch).
+RESUME_SCRIPT = Path(resume.__file__).resolve()
 
 # Keys the sweep sets itself; a --grid or --set on them would be silently overridden.
 _RESERVED = {
@@ -199,6 +212,15 @@ def run_status(run_root: Path) -> str:
     return "partial" if run_root.exists() else "new"
 
 
+def _status_note(run_root: Path) -> str:
+    """``[done]``, ``[new]``, ``[partial, resumes from X]`` or ``[partial, starts over]``."""
+    status = run_status(run_root)
+    if status != "partial":
+        return f"[{status}]"
+    checkpoint = resume.newest_checkpoint(run_root)
+    return f"[partial, {f'resumes from {checkpoint}' if checkpoint else 'starts over'}]"
+
+
 def collect(specs: Sequence[RunSpec], out: Path) -> list[dict[str, Any]]:
     """The tidy rows of the finished runs of ``specs``, grid values as columns."""
     rows = []
@@ -227,35 +249,62 @@ def run_local(
     out: Path,
     write_csv: Callable[[], Any],
 ) -> list[str]:
-    """Run the unfinished runs one after another; returns the names of the runs that failed."""
+    """Run the unfinished runs one after another; returns the names of the runs that failed.
+
+    A run folder without test metrics but with a checkpoint continues from its newest checkpoint
+    (``command`` plus ``--ckpt_path``, appending to its ``run.log``); one without a checkpoint is
+    deleted and runs from scratch. ``command.sh`` holds ``command`` itself either way.
+    """
     failed = []
     total = len(specs)
     for i, (spec, command) in enumerate(zip(specs, commands, strict=True), start=1):
         run_root = out / spec.name
         status = run_status(run_root)
+        saved = run_root / "command.sh"
+        other = saved.is_file() and saved.read_text().strip() != shlex.join(command)
         if status == "done":
-            note = ""
-            saved = run_root / "command.sh"
-            if saved.is_file() and saved.read_text().strip() != shlex.join(command):
-                note = " (NOTE: it ran another command, see command.sh; delete it to redo it)"
-            print(f"[{i}/{total}] {spec.name}: finished before, skipped{note}", flush=True)
+            note = " (NOTE: it ran another command, see command.sh; delete it to redo it)"
+            print(f"[{i}/{total}] {spec.name}: finished before, skipped{note * other}", flush=True)
             continue
-        if status == "partial":
-            print(f"[{i}/{total}] {spec.name}: half-finished, deleting it and redoing", flush=True)
-            shutil.rmtree(run_root)
-        run_root.mkdir(parents=True)
-        (run_root / "command.sh").write_text(shlex.join(command) + "\n")
+        checkpoint = resume.newest_checkpoint(run_root) if status == "partial" else None
+        if checkpoint is not None:
+            note = " (NOTE: it was started with another command, see command.sh)"
+            print(
+                f"[{i}/{total}] {spec.name}: unfinished, resuming from {checkpoint}{note * other}",
+                flush=True,
+            )
+            run = [*command, "--ckpt_path", str(checkpoint)]
+        else:
+            if status == "partial":
+                print(
+                    f"[{i}/{total}] {spec.name}: unfinished without a checkpoint, deleting it and "
+                    "starting over",
+                    flush=True,
+                )
+                shutil.rmtree(run_root)
+            run = list(command)
+        run_root.mkdir(parents=True, exist_ok=True)
+        saved.write_text(shlex.join(command) + "\n")
         print(f"[{i}/{total}] {spec.name}: running ...", flush=True)
         start = time.perf_counter()
-        with (run_root / "run.log").open("w") as log:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        with (run_root / "run.log").open("a" if checkpoint else "w") as log:
+            if checkpoint is not None:
+                log.write(f"\n==== pruning-sweep: resuming from {checkpoint}\n{shlex.join(run)}\n")
+                log.flush()
+            code = subprocess.run(run, stdout=log, stderr=subprocess.STDOUT).returncode
         seconds = time.perf_counter() - start
         log_dir = find_log_dir(run_root)
         if code != 0 or log_dir is None:
             why = f"exit code {code}" if code else "no test_metrics.json written"
+            hint = ""
+            if checkpoint is not None:
+                hint = (
+                    f"\n(It resumed from {checkpoint}; if that checkpoint does not fit the "
+                    f"command any more, delete {run_root} to start the run over.)"
+                )
             print(
                 f"[{i}/{total}] {spec.name}: FAILED ({why}) after {seconds:.1f} s; the end of "
-                f"{run_root / 'run.log'}:\n{_tail(run_root / 'run.log')}",
+                f"{run_root / 'run.log'}:\n{_tail(run_root / 'run.log')}{hint}",
                 flush=True,
             )
             failed.append(spec.name)
@@ -267,9 +316,8 @@ def run_local(
 
 
 def slurm_script(
-    n_tasks: int,
-    commands_file: Path,
-    run_dirs_file: Path,
+    commands: Sequence[str],
+    run_dirs: Sequence[str | Path],
     log_folder: Path,
     workdir: Path,
     job_name: str = "pruning-sweep",
@@ -281,19 +329,34 @@ def slurm_script(
     partition: str | None = None,
     max_parallel: int | None = None,
     sbatch_lines: Sequence[str] = (),
+    python: str = sys.executable,
+    signal_seconds: int = REQUEUE_SIGNAL_SECONDS,
 ) -> str:
-    """A SLURM job-array script: task i runs line i of ``commands_file`` through ``srun``.
+    """A SLURM job-array script: task i runs ``commands[i]`` (a shell command line) through ``srun``
+    for the run folder ``run_dirs[i]`` (its ``--trainer.default_root_dir``).
 
-    One SLURM task per device on each node, as Lightning's SLURM support expects; a task whose run
-    has finished meanwhile exits at once, and a half-finished one starts over.
+    One SLURM task per device on each node, as Lightning's SLURM support expects. SLURM sends
+    SIGUSR1 ``signal_seconds`` before the time limit; Lightning's SLURMEnvironment (auto_requeue,
+    its default) then saves ``hpc_ckpt_<N>.ckpt`` into ``trainer.default_root_dir`` (the run folder)
+    and requeues the task with ``scontrol requeue``. A task whose run has finished meanwhile exits
+    at once; an unfinished one continues from its newest checkpoint (``resume.py``, run by
+    ``python``, appends ``--ckpt_path`` unless it is the hpc checkpoint that Lightning loads by
+    itself); one without a checkpoint starts over. The task table is part of the script, which
+    SLURM copies at submission: a requeued task runs its own run even if the sweep's files were
+    written again meanwhile.
     """
-    array = f"0-{n_tasks - 1}" + (f"%{max_parallel}" if max_parallel else "")
+    if len(commands) != len(run_dirs) or not commands:
+        raise ValueError("slurm_script needs one run folder per command, and at least one.")
+    array = f"0-{len(commands) - 1}" + (f"%{max_parallel}" if max_parallel else "")
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name={job_name}",
         f"#SBATCH --array={array}",
         f"#SBATCH --nodes={num_nodes}",
         f"#SBATCH --ntasks-per-node={devices}",
+        # Lightning's SLURMEnvironment checkpoints and requeues on this signal
+        f"#SBATCH --signal=SIGUSR1@{signal_seconds}",
+        "#SBATCH --requeue",
     ]
     if gpus:
         lines.append(f"#SBATCH --gres=gpu:{devices}")
@@ -304,24 +367,36 @@ def slurm_script(
     if partition:
         lines.append(f"#SBATCH --partition={partition}")
     lines.append(f"#SBATCH --output={log_folder}/%A_%a.out")
+    lines.append("#SBATCH --open-mode=append")  # a requeued task adds to its log
     for line in sbatch_lines:
         line = line if line.startswith(("#SBATCH", "-")) else f"--{line}"
         lines.append(line if line.startswith("#SBATCH") else f"#SBATCH {line}")
     lines += [
         "",
         "# One array task per configuration of the sweep; each runs the same CLI command as a",
-        "# local sweep would (written by pruning_lightning.analysis.sweep --slurm).",
+        "# local sweep would (written by pruning_lightning.analysis.sweep --slurm). On SIGUSR1",
+        "# Lightning saves hpc_ckpt_<N>.ckpt into the run folder (its default_root_dir) and",
+        "# requeues the task; a requeued or re-submitted task resumes from the newest checkpoint.",
         "set -euo pipefail",
         f"cd {shlex.quote(str(workdir))}",
-        "line=$((SLURM_ARRAY_TASK_ID + 1))",
-        f'run_dir=$(sed -n "${{line}}p" {shlex.quote(str(run_dirs_file))})',
-        f'command=$(sed -n "${{line}}p" {shlex.quote(str(commands_file))})',
+        "# The task table (SLURM keeps this script as submitted: a requeued task runs its own run)",
+        "run_dirs=(",
+        *(f"    {shlex.quote(str(d))}" for d in run_dirs),
+        ")",
+        "commands=(",
+        *(f"    {shlex.quote(c)}" for c in commands),
+        ")",
+        "run_dir=${run_dirs[$SLURM_ARRAY_TASK_ID]}",
+        "command=${commands[$SLURM_ARRAY_TASK_ID]}",
         'if [ -n "$(find "$run_dir" -name test_metrics.json 2>/dev/null)" ]; then',
         '    echo "$run_dir finished already"; exit 0',
         "fi",
-        'rm -rf "$run_dir" && mkdir -p "$run_dir"',
+        "# --ckpt_path NEWEST, or nothing: no checkpoint (the folder is cleared) or the newest is",
+        "# the hpc checkpoint, which Lightning loads by itself when ckpt_path is None",
+        f'resume=$({shlex.quote(python)} {shlex.quote(str(RESUME_SCRIPT))} "$run_dir")',
+        'mkdir -p "$run_dir"',
         'echo "$command" > "$run_dir/command.sh"',
-        'eval "srun $command"',
+        'eval "srun $command $resume"',
         "",
     ]
     return "\n".join(lines)
@@ -331,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pruning-sweep",
         description="Run methods x sparsities x seeds (x grid) of pruning-lightning fit+test and "
-        "gather the results into one CSV.",
+        "gather the results into one CSV. Invoking the same sweep again skips finished runs and "
+        "continues unfinished ones from their newest checkpoint (--ckpt_path).",
     )
     parser.add_argument(
         "--config",
@@ -382,10 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="only (re)write the CSV from the runs that finished",
     )
     mode.add_argument(
-        "--slurm", action="store_true", help="write a SLURM job-array script instead of running"
+        "--slurm",
+        action="store_true",
+        help="write a SLURM job-array script instead of running; it requests SIGUSR1 90 s before "
+        "the time limit and --requeue, so Lightning checkpoints (hpc_ckpt_N.ckpt in the run "
+        "folder) and requeues a task that runs out of time, and the task resumes",
     )
     slurm = parser.add_argument_group("SLURM (with --slurm)")
-    slurm.add_argument("--job-name", default="pruning-sweep")
+    slurm.add_argument(
+        "--job-name",
+        default="pruning-sweep",
+        help="not bash/interactive: Lightning would not detect SLURM (no requeue, no resume)",
+    )
     slurm.add_argument("--time", dest="time_limit", help="e.g. 24:00:00")
     slurm.add_argument("--partition")
     slurm.add_argument("--cpus-per-task", type=int)
@@ -442,7 +526,7 @@ def _main(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         for spec, command in zip(specs, commands, strict=True):
-            print(f"# {spec.name} [{run_status(out / spec.name)}]\n{shlex.join(command)}")
+            print(f"# {spec.name} {_status_note(out / spec.name)}\n{shlex.join(command)}")
         return 0
     if args.collect_only:
         n = write_csv()
@@ -467,6 +551,12 @@ def _main(args: argparse.Namespace) -> int:
 def _write_slurm(
     args: argparse.Namespace, specs: Sequence[RunSpec], commands: Sequence[list[str]], out: Path
 ) -> int:
+    if args.job_name in ("bash", "interactive"):
+        raise ConfigError(
+            f"--job-name {args.job_name} makes Lightning treat the job as an interactive session: "
+            "it would neither requeue a task that runs out of time nor resume it. Pick another "
+            "name, e.g. --job-name pruning-sweep."
+        )
     pending = [
         (s, c) for s, c in zip(specs, commands, strict=True) if run_status(out / s.name) != "done"
     ]
@@ -480,12 +570,14 @@ def _write_slurm(
     folder.mkdir(parents=True, exist_ok=True)
     commands_file = folder / "commands.txt"
     run_dirs_file = folder / "run_dirs.txt"
-    commands_file.write_text("".join(shlex.join(c) + "\n" for _, c in pending))
-    run_dirs_file.write_text("".join(f"{out / s.name}\n" for s, _ in pending))
+    lines = [shlex.join(c) for _, c in pending]
+    run_dirs = [out / s.name for s, _ in pending]
+    # for reading (the script holds its own copy of the table)
+    commands_file.write_text("".join(f"{line}\n" for line in lines))
+    run_dirs_file.write_text("".join(f"{d}\n" for d in run_dirs))
     script = slurm_script(
-        len(pending),
-        commands_file,
-        run_dirs_file,
+        lines,
+        run_dirs,
         folder,
         Path.cwd(),
         job_name=args.job_name,
@@ -497,12 +589,15 @@ def _write_slurm(
         partition=args.partition,
         max_parallel=args.max_parallel,
         sbatch_lines=args.sbatch,
+        python=args.python,
     )
     script_path = folder / "sweep.sbatch"
     script_path.write_text(script)
+    resuming = sum(resume.newest_checkpoint(out / s.name) is not None for s, _ in pending)
     print(
-        f"Wrote {script_path} ({len(pending)} array tasks of {len(specs)} runs; the others "
-        f"finished), {commands_file} and {run_dirs_file}.\n"
+        f"Wrote {script_path}: {len(pending)} array tasks, one per unfinished run of the "
+        f"{len(specs)} ({resuming} continue from a checkpoint); the task table is also in "
+        f"{commands_file} and {run_dirs_file}.\n"
         f"Submit it with:  sbatch {script_path}\n"
         "When the jobs are done, gather the table by invoking this sweep again with "
         "--collect-only instead of --slurm."
