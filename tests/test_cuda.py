@@ -48,8 +48,8 @@ def test_one_shot_masks_agree_with_cpu(method):
 
 @pytest.mark.parametrize("method", ["force", "iter_snip"])
 def test_progressive_masks_are_deterministic_on_cuda(method):
-    # Progressive masks are chaotic (PAPER.md): CPU and CUDA rounding may end far apart, but the
-    # same device, seed and data must give the same mask, bit for bit.
+    # Progressive masks are chaotic (docs/METHODS.md): CPU and CUDA rounding may end far apart,
+    # but the same device, seed and data must give the same mask, bit for bit.
     first = compute_masks(small_net().cuda(), batches(), method, 0.9, steps=5)
     second = compute_masks(small_net().cuda(), batches(), method, 0.9, steps=5)
     total = sum(m.numel() for m in first.values())

@@ -25,7 +25,7 @@ ProgressFn = Callable[[int, int], None]
 
 @dataclass
 class StepRecord:
-    """What step t did (PAPER.md "Quantities", Figures 4, 9, 13)."""
+    """What step t did (docs/METHODS.md "Quantities the paper analyses"; its Figures 4, 9, 13)."""
 
     step: int  # t = 1..T
     kept: dict[str, int]  # kept count per prunable tensor after step t
