@@ -2,8 +2,9 @@
 
 Same model, data and steps, three ways, timed in one run and printed as ratios to dense:
   dense        no pruning
-  callback     PruningCallback enforcing a fixed mask (masked gradients + one fused in-place
-               multiply after each optimizer step)
+  callback     PruningCallback enforcing a fixed mask (gradients of pruned weights set to 0
+               before each optimizer step, pruned weights set to 0 after it, both with
+               masked_fill, which stays exact with inf/NaN; for every optimizer)
   nn.utils     the same mask through torch.nn.utils.prune (weight_orig * mask recomputed by a
                forward pre-hook every step: what Lightning's ModelPruning uses)
 
