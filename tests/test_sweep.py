@@ -74,6 +74,21 @@ def sweep_args(out: Path, *extra: str) -> list[str]:
 # -- the grid and the commands (no runs) ----------------------------------------------------------
 
 
+def fake_srun_env(tmp_path: Path, task: int) -> dict[str, str]:
+    """The environment of SLURM array task ``task`` with a fake ``srun`` that records its
+    arguments (one per line) in ``tmp_path / "srun.log"``."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$SRUN_LOG"\n')
+    (fake / "srun").chmod(0o755)
+    return {
+        **os.environ,
+        "PATH": f"{fake}:{os.environ['PATH']}",
+        "SLURM_ARRAY_TASK_ID": str(task),
+        "SRUN_LOG": str(tmp_path / "srun.log"),
+    }
+
+
 def test_expand_is_the_product_without_runs_that_repeat_another():
     grid = parse_assignments(["pruning.steps=1,10", "pruning.num_batches=1,5"], "--grid", True)
     specs = expand(["force", "snip"], [0.0, 0.9], [0, 1, 2], grid)
@@ -193,16 +208,7 @@ def test_slurm_writes_an_array_over_the_runs_with_lightnings_ddp_settings(tmp_pa
         assert tokens[tokens.index("--trainer.num_nodes") + 1] == "2"
         assert tokens[tokens.index("--trainer.default_root_dir") + 1] == run_dir
     # Array task 3 runs line 4 through srun, word for word (a fake srun records its arguments).
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "srun").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$SRUN_LOG"\n')
-    (fake / "srun").chmod(0o755)
-    env = {
-        **os.environ,
-        "PATH": f"{fake}:{os.environ['PATH']}",
-        "SLURM_ARRAY_TASK_ID": "3",
-        "SRUN_LOG": str(tmp_path / "srun.log"),
-    }
+    env = fake_srun_env(tmp_path, task=3)
     subprocess.run(["bash", str(out / "slurm" / "sweep.sbatch")], check=True, env=env)
     assert (tmp_path / "srun.log").read_text().splitlines() == shlex.split(commands[3])
     assert (Path(run_dirs[3]) / "command.sh").is_file()
@@ -253,16 +259,7 @@ def test_slurm_task_continues_from_the_newest_checkpoint(tmp_path):
     base = ["python", "-m", "pruning_lightning", "fit", "--trainer.default_root_dir", str(run_dir)]
     script = tmp_path / "sweep.sbatch"
     script.write_text(slurm_script([shlex.join(base)], [run_dir], tmp_path, tmp_path, gpus=False))
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "srun").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$SRUN_LOG"\n')
-    (fake / "srun").chmod(0o755)
-    env = {
-        **os.environ,
-        "PATH": f"{fake}:{os.environ['PATH']}",
-        "SLURM_ARRAY_TASK_ID": "0",
-        "SRUN_LOG": str(tmp_path / "srun.log"),
-    }
+    env = fake_srun_env(tmp_path, task=0)
 
     def task() -> tuple[list[str], str]:
         """Run the array task; the arguments it added to the command, and what it said."""
