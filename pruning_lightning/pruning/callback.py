@@ -259,6 +259,7 @@ class PruningCallback(Callback):
             exclude=self.exclude,
             temperature=self.temperature,
             grad_reduce=self._grad_reduce(trainer),
+            amp_dtype=autocast_dtype(trainer),
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
             record=True,
         )
@@ -561,6 +562,12 @@ class PruningCallback(Callback):
         total = sum(p.numel() for p in params.values())
         # equal on every rank; sync_dist keeps Lightning's epoch-level reduction well defined
         pl_module.log(f"{stage}/sparsity", zeros / total, sync_dist=True)
+
+
+def autocast_dtype(trainer: pl.Trainer) -> torch.dtype | None:
+    """The autocast dtype of a mixed-precision run (None otherwise): the saliency passes run at
+    the precision training runs at; scores and the selection stay float32."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
 
 
 def _zero(pairs: list[tuple[Tensor, Tensor]]) -> None:
