@@ -8,67 +8,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import OPTIMIZERS, fit, pruned_weights, tiny_model
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.data import DigitsDataModule
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.callback import PruningCallback
 from pruning_lightning.pruning.masks import prunable_parameters
 from pruning_lightning.pruning.saliency import force_saliency_views
-
-
-def tiny_model(optimizer=None) -> ImageClassifier:
-    kwargs = {} if optimizer is None else {"optimizer": optimizer}
-    return ImageClassifier(
-        "resnet18",
-        num_classes=10,
-        in_channels=1,
-        image_size=8,
-        width=4,
-        lr_scheduler=None,
-        **kwargs,
-    )
-
-
-def fit(
-    tmp_path: Path,
-    callback: PruningCallback,
-    model=None,
-    ckpt_path=None,
-    datamodule=None,
-    **trainer_kwargs,
-):
-    pl.seed_everything(0)
-    model = model or tiny_model()
-    defaults = dict(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        log_every_n_steps=1,
-    )
-    trainer_kwargs.setdefault("callbacks", [callback])
-    trainer = pl.Trainer(**{**defaults, **trainer_kwargs})
-    trainer.fit(model, datamodule or DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
-    return trainer, model
-
-
-def pruned_weights(model: ImageClassifier, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-    params = dict(model.named_parameters())
-    # after fit Lightning moves the model back to the CPU; masks stay where they were made
-    return torch.cat([params[n].detach()[~m.to(params[n].device)] for n, m in masks.items()])
-
-
-OPTIMIZERS = {
-    "sgd_momentum_wd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
-    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
-    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
-}
 
 
 @pytest.mark.parametrize(
@@ -303,6 +250,22 @@ def test_force_saliency_views_are_measured_on_the_dense_theta0(tmp_path):
     batch = next(iter(callback._saliency_data(trainer)))
     expected = force_saliency_views(dense, callback.masks, [batch])
     assert saliency == pytest.approx(expected, rel=1e-4)
+
+
+def test_mixed_precision_runs_the_saliency_passes_under_autocast(tmp_path, monkeypatch):
+    import pruning_lightning.pruning.callback as callback_module
+
+    seen = []
+    real = callback_module.run_pruning
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["amp_dtype"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(callback_module, "run_pruning", spy)
+    fit(tmp_path / "bf16", PruningCallback(method="snip", sparsity=0.5), precision="bf16-mixed")
+    fit(tmp_path / "fp32", PruningCallback(method="snip", sparsity=0.5))
+    assert seen == [torch.bfloat16, None]
 
 
 def test_saliency_loader_yields_full_batches_only(tmp_path):

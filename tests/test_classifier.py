@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import tiny_model
 
 from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.data import DigitsDataModule
@@ -26,12 +27,11 @@ class LrProbe(pl.Callback):
 
 
 def test_warmup_ramps_the_rate_per_step_and_leaves_the_schedule_alone(tmp_path):
-    model = ImageClassifier(
-        "resnet18", num_classes=10, in_channels=1, image_size=8, width=4,
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.4),
+    model = tiny_model(
+        lambda p: torch.optim.SGD(p, lr=0.4),
         lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
         warmup_epochs=1.5,
-    )  # fmt: skip
+    )
     probe = LrProbe()
     trainer = pl.Trainer(
         max_epochs=3, limit_train_batches=4, limit_val_batches=0, accelerator="cpu",

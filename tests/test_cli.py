@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 import yaml
 from data_fixtures import make_cifar_folder, make_tiny_imagenet
 
+from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.cli import build_cli, main
 from pruning_lightning.pruning.engine import METHODS
 
@@ -68,21 +70,36 @@ def test_quickstart_fits_tests_and_reports(tmp_path, capsys):
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("cifar10_*.yaml")), ids=lambda p: p.stem)
 def test_cifar10_configs_run_fast_dev_run(config, tmp_path):
     data_dir = make_cifar_folder(tmp_path / "cifar", num_classes=10, train_per_class=2)
-    run(
+    cli = build_cli([
         "fit", "--config", str(config), *FAST, "--trainer.fast_dev_run=true",
         f"--data.data_dir={data_dir}", "--data.batch_size=4", "--data.num_workers=0",
         "--model.width=8", "--pruning.sparsity=0.9", "--pruning.steps=2",
         f"--trainer.default_root_dir={tmp_path}",
-    )  # fmt: skip
+    ])  # fmt: skip
+    assert cli.trainer.state.finished and cli.trainer.fast_dev_run
+    assert cli.trainer.global_step == 1  # fast_dev_run: one training batch, one optimizer step
+    # the classifier has one output per class folder of the fixture (CIFAR-10's fixed 10)
+    classes = sorted(p.name for p in (data_dir / "train").iterdir())
+    assert cli.datamodule.num_classes == len(classes) == 10
+    assert cli.model.hparams.num_classes == len(classes)
+    assert cli.model.backbone.classifier.out_features == len(classes)
 
 
 def test_tiny_imagenet_config_derives_class_count(tmp_path):
     data_dir = make_tiny_imagenet(tmp_path / "tiny", per_class=2, val_per_class=1)
-    run(
+    wnids = sorted(p.name for p in (data_dir / "train").iterdir())  # the fixture's classes
+    default = inspect.signature(ImageClassifier).parameters["num_classes"].default
+    assert len(wnids) == 3 and default == 10  # a count the model would not get without the link
+    cli = build_cli([
         "fit", "--config", str(CONFIGS / "tinyimagenet_resnet50.yaml"), *FAST,
         "--trainer.fast_dev_run=true", f"--data.data_dir={data_dir}", "--data.batch_size=4",
         "--data.num_workers=0", "--model.width=8", f"--trainer.default_root_dir={tmp_path}",
-    )  # fmt: skip
+    ])  # fmt: skip
+    assert cli.trainer.state.finished
+    assert cli.datamodule.classes == wnids
+    # the count flows from the datamodule into the model: its hyper-parameters, the classifier
+    assert cli.model.hparams.num_classes == len(wnids)
+    assert cli.model.backbone.classifier.out_features == len(wnids)
 
 
 @pytest.mark.parametrize(

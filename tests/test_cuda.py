@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
-from test_callback import OPTIMIZERS, fit, pruned_weights, tiny_model
+from conftest import OPTIMIZERS, batches, fit, pruned_weights, tiny_model
 
 from pruning_lightning.models import build_backbone
 from pruning_lightning.pruning.callback import PruningCallback
@@ -13,12 +15,8 @@ from pruning_lightning.pruning.engine import compute_masks
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def batches(n: int = 3, size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(0)
-    return [
-        (torch.randn(size, 3, 32, 32, generator=gen), torch.randint(0, 10, (size,), generator=gen))
-        for _ in range(n)
-    ]
+# (3, 32, 32) images of 10 classes, like CIFAR: three batches of 16
+cifar_batches = partial(batches, 3, batch_size=16, image_shape=(3, 32, 32), num_classes=10)
 
 
 def small_net() -> torch.nn.Module:
@@ -37,8 +35,8 @@ def test_data_free_masks_equal_cpu_and_cuda(method):
 
 @pytest.mark.parametrize("method", ["snip", "grasp"])
 def test_one_shot_masks_agree_with_cpu(method):
-    cpu = compute_masks(small_net(), batches(), method, 0.9)
-    gpu = compute_masks(small_net().cuda(), batches(), method, 0.9)
+    cpu = compute_masks(small_net(), cifar_batches(), method, 0.9)
+    gpu = compute_masks(small_net().cuda(), cifar_batches(), method, 0.9)
     kept = sum(int(m.sum()) for m in cpu.values())
     assert kept == sum(int(m.sum()) for m in gpu.values())
     # float reductions differ in order between devices: near-ties may flip, nothing more
@@ -50,8 +48,8 @@ def test_one_shot_masks_agree_with_cpu(method):
 def test_progressive_masks_are_deterministic_on_cuda(method):
     # Progressive masks are chaotic (docs/METHODS.md): CPU and CUDA rounding may end far apart,
     # but the same device, seed and data must give the same mask, bit for bit.
-    first = compute_masks(small_net().cuda(), batches(), method, 0.9, steps=5)
-    second = compute_masks(small_net().cuda(), batches(), method, 0.9, steps=5)
+    first = compute_masks(small_net().cuda(), cifar_batches(), method, 0.9, steps=5)
+    second = compute_masks(small_net().cuda(), cifar_batches(), method, 0.9, steps=5)
     total = sum(m.numel() for m in first.values())
     assert sum(int(m.sum()) for m in first.values()) == round(0.1 * total)
     for name, mask in first.items():
@@ -59,7 +57,7 @@ def test_progressive_masks_are_deterministic_on_cuda(method):
 
 
 def test_autocast_saliency_pass_keeps_exact_count():
-    masks = compute_masks(small_net().cuda(), batches(), "force", 0.95, steps=3,
+    masks = compute_masks(small_net().cuda(), cifar_batches(), "force", 0.95, steps=3,
                           amp_dtype=torch.float16)  # fmt: skip
     total = sum(m.numel() for m in masks.values())
     assert sum(int(m.sum()) for m in masks.values()) == round(0.05 * total)

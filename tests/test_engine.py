@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import batches, conv_net
 from torch import nn
 
 from pruning_lightning import ConfigError, compute_masks
@@ -14,29 +15,8 @@ from pruning_lightning.pruning import METHODS, PruningResult, run_pruning
 STEPS = {"force": 3, "iter_snip": 3, "synflow": 3}
 
 
-def conv_net(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.BatchNorm2d(6),
-        nn.ReLU(),
-        nn.Dropout(0.3),
-        nn.Conv2d(6, 6, 3, padding=1, bias=False),
-        nn.BatchNorm2d(6),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(24, 4),
-    )
-
-
+# conv_net(dropout=True) (from conftest): prunable 0.weight, 4.weight, 9.weight
 TOTAL = 162 + 324 + 96
-
-
-def batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(4, 3, 6, 6, generator=gen), torch.randint(0, 4, (4,), generator=gen))
-            for _ in range(n)]  # fmt: skip
 
 
 def prune(net, data, method, sparsity=0.9, **kwargs) -> PruningResult:
@@ -62,7 +42,7 @@ class Counting:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_same_seed_and_data_give_identical_masks(method):
-    net, data = conv_net(), batches(4)
+    net, data = conv_net(dropout=True), batches(4)
     a, b = prune(net, data, method).masks, prune(net, data, method).masks
     assert list(a) == ["0.weight", "4.weight", "9.weight"]
     for name, p in net.named_parameters():
@@ -74,13 +54,13 @@ def test_same_seed_and_data_give_identical_masks(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_sparsity_zero_keeps_everything(method):
-    masks = prune(conv_net(), batches(2), method, sparsity=0.0).masks
+    masks = prune(conv_net(dropout=True), batches(2), method, sparsity=0.0).masks
     assert all(m.all() for m in masks.values())
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_model_is_left_bit_identical(method):
-    net = conv_net()
+    net = conv_net(dropout=True)
     net.eval()  # a mix of modes must come back as it was
     net[3].train()
     net[0].bias.requires_grad_(False)
@@ -111,7 +91,7 @@ def test_model_is_left_bit_identical(method):
 
 
 def test_seed_fixes_dropout_and_data_order():
-    net = conv_net()
+    net = conv_net(dropout=True)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.randn(32, 3, 6, 6), torch.randint(0, 4, (32,))),
         batch_size=4,
@@ -123,7 +103,7 @@ def test_seed_fixes_dropout_and_data_order():
 
 
 def test_result_fields_and_compute_masks():
-    net, data = conv_net(), batches(2)
+    net, data = conv_net(dropout=True), batches(2)
     res = prune(net, data, "snip")
     assert res.seconds > 0 and res.steps == []
     masks = compute_masks(net, data, "snip", 0.9)
@@ -134,14 +114,14 @@ def test_result_fields_and_compute_masks():
 
 
 def test_include_exclude_narrow_the_masks():
-    net, data = conv_net(), batches(2)
+    net, data = conv_net(dropout=True), batches(2)
     masks = prune(net, data, "force", include=["0.*", "4.*"], exclude=["0.*"]).masks
     assert list(masks) == ["4.weight"]
     assert int(masks["4.weight"].sum()) == round(0.1 * 324)
 
 
 def test_amp_bfloat16_runs_and_keeps_exact_counts():
-    net, data = conv_net(), batches(2)
+    net, data = conv_net(dropout=True), batches(2)
     res = prune(net, data, "force", amp_dtype=torch.bfloat16, record=True)
     assert sum(int(m.sum()) for m in res.masks.values()) == round(0.1 * TOTAL)
     assert all(r.saliency is not None and math.isfinite(r.saliency) for r in res.steps)
@@ -152,13 +132,13 @@ def test_amp_bfloat16_runs_and_keeps_exact_counts():
 
 def test_one_iterator_when_the_data_suffices():
     data = Counting(batches(10))
-    prune(conv_net(), data, "force", steps=5, num_batches=2)
+    prune(conv_net(dropout=True), data, "force", steps=5, num_batches=2)
     assert data.iters == 1 and data.drawn == list(range(10))
 
 
 def test_iterator_cycles_only_when_exhausted():
     data = Counting(batches(3))
-    prune(conv_net(), data, "iter_snip", steps=5, num_batches=2, record=True)
+    prune(conv_net(dropout=True), data, "iter_snip", steps=5, num_batches=2, record=True)
     # 5 steps x 2 batches + 2 for the saliency of the last mask = 12 draws from 3 batches
     assert data.drawn == [0, 1, 2] * 4
     assert data.iters == 4
@@ -167,14 +147,14 @@ def test_iterator_cycles_only_when_exhausted():
 def test_generator_that_runs_out():
     gen = (b for b in batches(2))
     with pytest.raises(ConfigError, match="data yielded no batch after 2 batches"):
-        prune(conv_net(), gen, "force", steps=3)
+        prune(conv_net(dropout=True), gen, "force", steps=3)
 
 
 # --- hooks: grad_reduce, progress -------------------------------------------------------------
 
 
 def test_grad_reduce_is_called_on_the_gradients():
-    net, data = conv_net(), batches(3)
+    net, data = conv_net(dropout=True), batches(3)
     seen = []
     prune(net, data, "force", steps=3, grad_reduce=lambda g: seen.append([t.shape for t in g]))
     shapes = [
@@ -192,7 +172,7 @@ def test_grad_reduce_is_called_on_the_gradients():
 @pytest.mark.parametrize("method", ["snip", "force", "grasp"])
 def test_grad_reduce_changes_the_scores(method):
     """A reduce that inflates one layer's gradient makes that layer win: in-place edits count."""
-    net, data = conv_net(), batches(2)
+    net, data = conv_net(dropout=True), batches(2)
 
     calls = []
 
@@ -210,10 +190,10 @@ def test_grad_reduce_changes_the_scores(method):
 
 
 def test_progress_callable_and_bar():
-    steps = []
-    prune(conv_net(), batches(2), "force", steps=4, progress=lambda t, n: steps.append((t, n)))
+    net, steps = conv_net(dropout=True), []
+    prune(net, batches(2), "force", steps=4, progress=lambda t, n: steps.append((t, n)))
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    prune(conv_net(), batches(2), "force", steps=2, progress=True)
+    prune(conv_net(dropout=True), batches(2), "force", steps=2, progress=True)
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -239,18 +219,18 @@ def test_progress_callable_and_bar():
 )
 def test_bad_arguments(args, kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        run_pruning(conv_net(), batches(1), *args, **kwargs)
+        run_pruning(conv_net(dropout=True), batches(1), *args, **kwargs)
 
 
 def test_bad_data():
     with pytest.raises(ConfigError, match="method 'snip' needs data"):
-        run_pruning(conv_net(), None, "snip", 0.9)
+        run_pruning(conv_net(dropout=True), None, "snip", 0.9)
     with pytest.raises(ConfigError, match="synflow without data needs input_shape"):
-        run_pruning(conv_net(), None, "synflow", 0.9)
+        run_pruning(conv_net(dropout=True), None, "synflow", 0.9)
     with pytest.raises(ConfigError, match="data yielded no batch: pass a non-empty"):
-        run_pruning(conv_net(), [], "snip", 0.9)
+        run_pruning(conv_net(dropout=True), [], "snip", 0.9)
     with pytest.raises(ConfigError, match=r"\(inputs, targets\) pairs"):
-        run_pruning(conv_net(), [torch.randn(2, 3, 6, 6)], "snip", 0.9)
+        run_pruning(conv_net(dropout=True), [torch.randn(2, 3, 6, 6)], "snip", 0.9)
 
 
 def test_no_prunable_tensor():
@@ -260,7 +240,7 @@ def test_no_prunable_tensor():
 
 @pytest.mark.parametrize("method", ["snip", "grasp", "force", "magnitude", "synflow"])
 def test_non_finite_scores(method):
-    net = conv_net()
+    net = conv_net(dropout=True)
     with torch.no_grad():
         net[4].weight[0, 0, 0, 0] = float("inf")
     with pytest.raises(ConfigError, match=f"{method} produced non-finite scores"):

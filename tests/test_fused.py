@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
+from conftest import batches
 from torch import nn
 
 from pruning_lightning.errors import ConfigError
@@ -121,10 +123,7 @@ def mlp(seed: int, dead: bool = False) -> nn.Sequential:
     return net
 
 
-def data(n: int = 3):
-    gen = torch.Generator().manual_seed(0)
-    return [(torch.randn(8, 3, 6, 6, generator=gen), torch.randint(0, 4, (8,), generator=gen))
-            for _ in range(n)]  # fmt: skip
+data = partial(batches, 3, batch_size=8)  # three seeded batches of eight (3, 6, 6) images
 
 
 @pytest.mark.parametrize("method", ["snip", "iter_snip", "force"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import batches, conv_net
 from torch import nn
 
 from pruning_lightning.errors import ConfigError
@@ -21,27 +22,6 @@ def test_kept_schedule_hand_values():
     assert kept_schedule(50, 1.0, 3, "exp") == [50, 50, 50]
     with pytest.raises(ConfigError, match="Choose one of: exp, linear"):
         kept_schedule(10, 0.5, 2, "cosine")
-
-
-def conv_net(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.BatchNorm2d(6),
-        nn.ReLU(),
-        nn.Conv2d(6, 6, 3, padding=1, bias=False),
-        nn.BatchNorm2d(6),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(24, 4),
-    )
-
-
-def batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(4, 3, 6, 6, generator=gen), torch.randint(0, 4, (4,), generator=gen))
-            for _ in range(n)]  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["force", "iter_snip", "synflow"])
