@@ -3,7 +3,8 @@
 A `bf16-mixed` (or `16-mixed`) run computes its mask with the forward passes under autocast, as it
 trains; the scores and the selection stay float32. This prints, per method and sparsity, the IoU
 (|A and B| / |A or B| of the kept weights) of the autocast mask with the float32 mask computed on
-the same batches, and the wall-time ratio of the two computations.
+the same batches, and the wall-time ratio of the two computations. For scale, ``IoU other data``
+is the IoU of two float32 masks computed on different batches: how far a mask moves anyway.
 
     python benchmarks/amp_mask_iou.py --data-dir /path/to/cifar10 --arch resnet18 --width 16 \\
         --steps 10 --batch-size 32 --sparsities 0.9 0.99 --device cpu --threads 2
@@ -24,18 +25,18 @@ from pruning_lightning.pruning import run_pruning
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def batches(args) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def batches(args, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """args.steps fresh batches of CIFAR-10 training images (or random ones)."""
     n = args.steps * args.batch_size
     if args.data_dir is None:
-        gen = torch.Generator().manual_seed(0)
+        gen = torch.Generator().manual_seed(seed)
         x, y = torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen)
     else:
         from pruning_lightning.data import CIFAR10DataModule
 
         data = CIFAR10DataModule(data_dir=args.data_dir, batch_size=n, num_workers=0)
         data.setup("fit")
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         x, y = next(iter(data.train_dataloader()))
     return list(zip(x.split(args.batch_size), y.split(args.batch_size), strict=True))
 
@@ -56,6 +57,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     data = [(x.to(device), y.to(device)) for x, y in batches(args)]
+    other = [(x.to(device), y.to(device)) for x, y in batches(args, seed=1)]
     torch.manual_seed(0)
     model = build_backbone(args.arch, 10, in_channels=3, image_size=32, width=args.width)
     model.to(device)
@@ -65,27 +67,35 @@ def main() -> None:
         f"{args.device}, {args.threads} threads, {args.dtype} autocast vs float32, "
         f"{'CIFAR-10' if args.data_dir else 'random'} batches"
     )
-    print(f"{'method':<10} {'sparsity':>8} {'kept':>8} {'IoU':>7} {'time ratio':>10}")
+    print(
+        f"{'method':<10} {'sparsity':>8} {'kept':>8} {'IoU':>7} {'time ratio':>10} "
+        f"{'IoU other data':>14}"
+    )
     for method in args.methods:
         for sparsity in args.sparsities:
             steps = args.steps if method in ("force", "iter_snip") else None
             # a one-shot method averages the gradients of all the batches
             num_batches = 1 if steps else len(data)
-            results = {}
-            for dtype in (None, DTYPES[args.dtype]):
+
+            def mask(batches, dtype, method=method, sparsity=sparsity, steps=steps, n=num_batches):
                 start = time.perf_counter()
                 masks = run_pruning(
-                    model, data, method, sparsity, steps=steps, num_batches=num_batches,
-                    amp_dtype=dtype,
-                ).masks  # fmt: skip
-                results[dtype] = (masks, time.perf_counter() - start)
-            (full, t_full), (amp, t_amp) = results[None], results[DTYPES[args.dtype]]
-            a = torch.cat([m.flatten() for m in full.values()])
-            b = torch.cat([m.flatten() for m in amp.values()])
-            iou = (a & b).sum().item() / max(1, (a | b).sum().item())
+                    model, batches, method, sparsity, steps=steps, num_batches=n, amp_dtype=dtype
+                ).masks
+                flat = torch.cat([m.flatten() for m in masks.values()])
+                return flat, time.perf_counter() - start
+
+            (full, t_full), (amp, t_amp) = mask(data, None), mask(data, DTYPES[args.dtype])
+            elsewhere, _ = mask(other, None)
             print(
-                f"{method:<10} {sparsity:>8g} {int(a.sum()):>8} {iou:>7.3f} {t_amp / t_full:>9.2f}x"
+                f"{method:<10} {sparsity:>8g} {int(full.sum()):>8} {iou(full, amp):>7.3f} "
+                f"{t_amp / t_full:>9.2f}x {iou(full, elsewhere):>14.3f}"
             )
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Kept in both / kept in either."""
+    return (a & b).sum().item() / max(1, (a | b).sum().item())
 
 
 if __name__ == "__main__":
