@@ -268,6 +268,24 @@ def test_mixed_precision_runs_the_saliency_passes_under_autocast(tmp_path, monke
     assert seen == [torch.bfloat16, None]
 
 
+def test_prunes_from_plain_train_dataloaders_without_a_datamodule(tmp_path):
+    data = DigitsDataModule(batch_size=32)
+    data.setup("fit")
+    callback = PruningCallback(method="snip", sparsity=0.8)
+    pl.seed_everything(0)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2, accelerator="cpu",
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+    )  # fmt: skip
+    model = tiny_model()
+    trainer.fit(model, train_dataloaders=data.train_dataloader())
+    assert trainer.global_step == 2  # the loader built early is the one training used
+    kept = sum(int(m.sum()) for m in callback.masks.values())
+    total = sum(m.numel() for m in callback.masks.values())
+    assert kept == round(0.2 * total)
+    assert torch.count_nonzero(pruned_weights(model, callback.masks)) == 0
+
+
 def test_saliency_loader_yields_full_batches_only(tmp_path):
     callback = PruningCallback(method="snip", sparsity=0.5)
     trainer, _ = fit(tmp_path, callback)

@@ -323,10 +323,7 @@ class PruningCallback(Callback):
         Never the trainer's own iterator: iterating that here would disturb training. Full
         batches only (as in the official code), and a new shuffle on each pass over the data.
         """
-        if trainer.datamodule is not None:
-            loader = trainer.datamodule.train_dataloader()
-        else:
-            loader = trainer.fit_loop._data_source.dataloader()
+        loader = _train_loader(trainer)
         if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__len__"):
             return loader
         sampler = DistributedSampler(
@@ -575,6 +572,19 @@ def _zero(pairs: list[tuple[Tensor, Tensor]]) -> None:
     with torch.no_grad():
         for p, pruned in pairs:
             p.masked_fill_(pruned, 0)
+
+
+def _train_loader(trainer: pl.Trainer) -> Iterable:
+    """The training loader of this fit, asked for in on_fit_start (before the fit loop builds it).
+
+    From the datamodule when there is one. Otherwise (`fit(model, train_dataloaders=...)`)
+    Lightning has no public accessor for it yet, so the fit loop's public `setup_data()` builds it
+    now, as Lightning's own `estimated_stepping_batches` does; the fit loop then reuses it.
+    """
+    if trainer.datamodule is not None:
+        return trainer.datamodule.train_dataloader()
+    trainer.fit_loop.setup_data()
+    return trainer.train_dataloader
 
 
 def _log_dir(trainer: pl.Trainer) -> str | None:
