@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.connectivity import has_input_output_path
 from pruning_lightning.pruning.engine import (
+    DATA_FREE,
     METHODS,
     PROGRESSIVE,
     PruningResult,
@@ -39,8 +40,6 @@ from pruning_lightning.pruning.masks import (
     prunable_parameters,
 )
 from pruning_lightning.pruning.saliency import force_saliency_views
-
-DATA_FREE_BROADCAST = ("random", "magnitude", "synflow")  # masks rank 0 broadcasts under DDP
 
 
 class PruningCallback(Callback):
@@ -263,7 +262,7 @@ class PruningCallback(Callback):
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
             record=True,
         )
-        if trainer.world_size > 1 and self.method in DATA_FREE_BROADCAST:
+        if trainer.world_size > 1 and self.method in DATA_FREE:
             # no gradient is all-reduced: float kernels could differ by a bit between ranks
             _broadcast_masks(result.masks)
         if self.verify_ranks and trainer.world_size > 1:
