@@ -20,7 +20,7 @@ import time
 import torch
 
 from pruning_lightning.models import build_backbone
-from pruning_lightning.pruning import run_pruning
+from pruning_lightning.pruning import PruningConfig, run_pruning
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -80,7 +80,9 @@ def main() -> None:
             def mask(batches, dtype, method=method, sparsity=sparsity, steps=steps, n=num_batches):
                 start = time.perf_counter()
                 masks = run_pruning(
-                    model, batches, method, sparsity, steps=steps, num_batches=n, amp_dtype=dtype
+                    model,
+                    batches,
+                    PruningConfig(method, sparsity, steps=steps, num_batches=n, amp_dtype=dtype),
                 ).masks
                 flat = torch.cat([m.flatten() for m in masks.values()])
                 return flat, time.perf_counter() - start

@@ -1,7 +1,9 @@
-"""How close FORCE / Iterative SNIP come to the compute floor, in time and in memory.
+"""How close the mask computation of ``fit`` comes to the compute floor, in time and in memory.
 
-For each backbone it prints, in one run:
-  (1) the mask computation time of ``run_pruning`` for T steps,
+What is timed is the PruningCallback's own call (:meth:`PruningCallback.compute`: ``run_pruning``
+with the per-step records ``fit`` logs, on a loader built like the callback's saliency loader),
+so the figures describe the path a training run takes. For each backbone it prints, in one run:
+  (1) the mask computation time for T steps (T fresh batches, plus the last mask's saliency pass),
   (2) the compute floor: T x the time of one plain forward+backward pass on the same batch
       (T passes timed in a row),
   (3) their ratio (both measured warm: untimed runs of each path first) over ``--repeats``
@@ -13,7 +15,7 @@ backward, SGD with momentum), each measured in a fresh subprocess: on CPU as the
 resident set's high-water mark (VmHWM, reset at the start) over the model+batch baseline, on CUDA
 with ``torch.cuda.max_memory_allocated``.
 
-    python benchmarks/mask_time.py --arch resnet50 vgg19 --steps 10 --batch-size 32 \\
+    python benchmarks/mask_time.py --arch resnet50 vgg19 --steps 60 --batch-size 128 \\
         --sparsity 0.995 --device cpu --threads 2
 """
 
@@ -30,21 +32,38 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
+from pruning_lightning.callback import PruningCallback
 from pruning_lightning.models import build_backbone
-from pruning_lightning.pruning import run_pruning
+from pruning_lightning.pruning import method_names
+from pruning_lightning.pruning.saliency import seeded_loader
 
-METHODS = ("force", "iter_snip")
+METHODS = ("force", "iter_snip")  # the default; any registered method may be asked for
 
 
 def setup(args: argparse.Namespace, arch: str):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = build_backbone(arch, num_classes=10).to(device)
+    model = build_backbone(arch, num_classes=10, width=args.width).to(device)
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     return model, x, y, device
+
+
+def saliency_data(args: argparse.Namespace) -> DataLoader:
+    """Enough CPU images for T steps and the last saliency pass, in the callback's loader."""
+    n = (args.steps + 1) * args.batch_size
+    images, labels = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=args.batch_size)
+    return seeded_loader(loader, seed=0)
+
+
+def fit_masks(model, data, method: str, args: argparse.Namespace, steps: int) -> float:
+    """Seconds of the callback's mask computation, as `fit` runs it."""
+    callback = PruningCallback(method=method, sparsity=args.sparsity, steps=steps, seed=0)
+    return callback.compute(model, data).seconds
 
 
 def sync(device: torch.device) -> None:
@@ -108,7 +127,7 @@ def worker(args: argparse.Namespace) -> None:
         forward_backward(model, x, y)
         opt.step()
     else:
-        run_pruning(model, [(x, y)], args.worker, args.sparsity, steps=args.steps)
+        fit_masks(model, saliency_data(args), args.worker, args, args.steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
@@ -122,6 +141,7 @@ def measure_memory(args: argparse.Namespace, arch: str, what: str) -> float:
         sys.executable, __file__, "--worker", what, "--arch", arch, "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--sparsity", str(args.sparsity),
         "--device", args.device, "--threads", str(args.threads),
+        *(["--width", str(args.width)] if args.width else []),
     ]  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
@@ -130,14 +150,17 @@ def measure_memory(args: argparse.Namespace, arch: str, what: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", nargs="+", default=["resnet50", "vgg19"])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--sparsity", type=float, default=0.995)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--width", type=int, default=None, help="backbone width (default: the paper's)"
+    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=method_names())
     parser.add_argument("--repeats", type=int, default=3, help="rounds of floor + masks")
-    parser.add_argument("--worker", choices=("dense", *METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("dense", *method_names()), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -145,7 +168,7 @@ def main() -> None:
 
     print(
         f"device={args.device} threads={args.threads} batch={args.batch_size} "
-        f"T={args.steps} sparsity={args.sparsity} torch={torch.__version__} "
+        f"T={args.steps} sparsity={args.sparsity} width={args.width} torch={torch.__version__} "
         f"load average (1 min)={os.getloadavg()[0]:.2f}"
     )
     header = (
@@ -155,9 +178,10 @@ def main() -> None:
     print(header)
     for arch in args.arch:
         model, x, y, device = setup(args, arch)
-        # warm every path (allocator, kernels, the JIT-compiled CPU kernels): all measured warm
+        data = saliency_data(args)
+        # warm every path (allocator, kernels): all measured warm
         for method in args.methods:
-            run_pruning(model, [(x, y)], method, args.sparsity, steps=2)
+            fit_masks(model, data, method, args, steps=2)
         # rounds interleave the floor and the masks, so that a drift in the machine's load hits
         # both sides alike
         seconds = {method: [] for method in args.methods}
@@ -167,9 +191,9 @@ def main() -> None:
             floor = floor_time(model, x, y, device, args.steps)
             floors.append(floor)
             for method in args.methods:
-                res = run_pruning(model, [(x, y)], method, args.sparsity, steps=args.steps)
-                seconds[method].append(res.seconds)
-                ratios[method].append(res.seconds / floor)
+                elapsed = fit_masks(model, data, method, args, args.steps)
+                seconds[method].append(elapsed)
+                ratios[method].append(elapsed / floor)
         del model, x, y
         dense = measure_memory(args, arch, "dense")
         for method in args.methods:

@@ -27,8 +27,8 @@ import torch
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader, TensorDataset
 
+from pruning_lightning.callback import PruningCallback
 from pruning_lightning.classifier import ImageClassifier
-from pruning_lightning.pruning.callback import PruningCallback
 from pruning_lightning.pruning.engine import compute_masks
 
 

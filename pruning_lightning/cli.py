@@ -17,9 +17,10 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import pruning_lightning.data  # registers the datamodules for `--data NAME`
+from pruning_lightning.callback import PruningCallback
 from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.callback import PruningCallback
+from pruning_lightning.pruning.registry import method_names
 
 DATAMODULES = [name for name in pruning_lightning.data.__all__ if name != "ImageDataModule"]
 
@@ -41,6 +42,7 @@ class PruningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(PruningCallback, "pruning")
+        _describe_methods(parser)
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -59,6 +61,13 @@ class PruningCLI(LightningCLI):
             # what sweeps read back: the test metrics of the final weights
             path = Path(log_dir) / "test_metrics.json"
             path.write_text(json.dumps(results[0] if results else {}, indent=1))
+
+
+def _describe_methods(parser: LightningArgumentParser) -> None:
+    """`--pruning.method`'s help lists the registry as it is now (methods added by users too)."""
+    for action in parser._actions:  # argparse keeps no public accessor for one action
+        if action.dest == "pruning.method":
+            action.help = f"Pruning method, one of: {', '.join(method_names())}."
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> PruningCLI:

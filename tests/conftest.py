@@ -22,8 +22,8 @@ from torch import nn
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
+    from pruning_lightning.callback import PruningCallback
     from pruning_lightning.classifier import ImageClassifier
-    from pruning_lightning.pruning.callback import PruningCallback
 
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))

@@ -11,9 +11,9 @@ import torch
 from conftest import OPTIMIZERS, fit, pruned_weights, tiny_model
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from pruning_lightning.callback import PruningCallback
 from pruning_lightning.data import DigitsDataModule
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.callback import PruningCallback
 from pruning_lightning.pruning.masks import prunable_parameters
 from pruning_lightning.pruning.saliency import force_saliency_views
 
@@ -253,13 +253,13 @@ def test_force_saliency_views_are_measured_on_the_dense_theta0(tmp_path):
 
 
 def test_mixed_precision_runs_the_saliency_passes_under_autocast(tmp_path, monkeypatch):
-    import pruning_lightning.pruning.callback as callback_module
+    import pruning_lightning.callback as callback_module
 
     seen = []
     real = callback_module.run_pruning
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["amp_dtype"])
+        seen.append(args[2].amp_dtype)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(callback_module, "run_pruning", spy)

@@ -13,7 +13,7 @@ from data_fixtures import make_cifar_folder, make_tiny_imagenet
 
 from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.cli import build_cli, main
-from pruning_lightning.pruning.engine import METHODS
+from pruning_lightning.pruning import method_names
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 FAST = [
@@ -140,7 +140,7 @@ def test_a_file_that_is_not_a_mask_gets_one_line(tmp_path, capsys):
     assert not any("weights_only" in line or "Traceback" in line for line in err)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_every_method_runs_on_the_quickstart_by_changing_only_the_method(method, tmp_path):
     run(
         "fit", "--config", str(CONFIGS / "quickstart.yaml"), f"--pruning.method={method}",

@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from pruning_lightning.pruning import (
+    PruningConfig,
     global_topk_masks,
     kept_counts,
     prunable_parameters,
@@ -90,7 +91,9 @@ def test_snip_scores_match_plain_autograd(num_batches):
         assert torch.allclose(got[name], expected[name], atol=1e-7, rtol=1e-5), name
     for sparsity in [0.3, 0.7, 0.9]:
         k = round((1 - sparsity) * flat(expected).numel())
-        masks = run_pruning(net, batches, "snip", sparsity, num_batches=num_batches).masks
+        masks = run_pruning(
+            net, batches, PruningConfig("snip", sparsity, num_batches=num_batches)
+        ).masks
         reference = global_topk_masks(expected, k)
         assert all(torch.equal(masks[n], reference[n]) for n in reference)
 
@@ -99,8 +102,8 @@ def test_snip_scores_match_plain_autograd(num_batches):
 def test_one_step_progressive_is_snip(method):
     net, batch = hand_net(), hand_batch()
     for sparsity in [0.5, 0.9]:
-        snip = run_pruning(net, [batch], "snip", sparsity).masks
-        other = run_pruning(net, [batch], method, sparsity, steps=1).masks
+        snip = run_pruning(net, [batch], PruningConfig("snip", sparsity)).masks
+        other = run_pruning(net, [batch], PruningConfig(method, sparsity, steps=1)).masks
         assert all(torch.equal(snip[n], other[n]) for n in snip)
 
 
@@ -148,7 +151,9 @@ def test_grasp_scores_match_forward_over_reverse(temperature, num_batches):
     for sparsity in [0.5, 0.8]:
         k = round((1 - sparsity) * flat(expected).numel())
         masks = run_pruning(
-            net, batches, "grasp", sparsity, temperature=temperature, num_batches=num_batches
+            net,
+            batches,
+            PruningConfig("grasp", sparsity, temperature=temperature, num_batches=num_batches),
         ).masks
         reference = global_topk_masks({n: -s for n, s in expected.items()}, k)
         assert all(torch.equal(masks[n], reference[n]) for n in reference)
@@ -161,7 +166,7 @@ def test_magnitude_keeps_the_largest_weights():
     net = hand_net()
     expected = {n: p.detach().abs() for n, p in prunable_parameters(net).items()}
     assert all(torch.equal(magnitude_scores(net)[n], expected[n]) for n in expected)
-    masks = run_pruning(net, None, "magnitude", 0.75).masks
+    masks = run_pruning(net, None, PruningConfig("magnitude", 0.75)).masks
     kept = torch.cat([p.detach().abs().reshape(-1)[masks[n].reshape(-1)] for n, p in
                       prunable_parameters(net).items()])  # fmt: skip
     dropped = torch.cat([p.detach().abs().reshape(-1)[~masks[n].reshape(-1)] for n, p in
@@ -172,9 +177,9 @@ def test_magnitude_keeps_the_largest_weights():
 
 def test_random_is_seeded_exact_and_uniform_across_layers():
     net = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 300))
-    a = run_pruning(net, None, "random", 0.8, seed=1).masks
-    b = run_pruning(net, None, "random", 0.8, seed=1).masks
-    c = run_pruning(net, None, "random", 0.8, seed=2).masks
+    a = run_pruning(net, None, PruningConfig("random", 0.8, seed=1)).masks
+    b = run_pruning(net, None, PruningConfig("random", 0.8, seed=1)).masks
+    c = run_pruning(net, None, PruningConfig("random", 0.8, seed=2)).masks
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert not all(torch.equal(a[n], c[n]) for n in a)
     counts = kept_counts(a)
@@ -212,12 +217,16 @@ def test_synflow_is_data_free_and_uses_eval_mode():
     net = nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
     )
-    masks = run_pruning(net, None, "synflow", 0.9, steps=4, input_shape=(3, 6, 6)).masks
+    masks = run_pruning(
+        net, None, PruningConfig("synflow", 0.9, steps=4, input_shape=(3, 6, 6))
+    ).masks
     assert sum(k for k, _ in kept_counts(masks).values()) == round(0.1 * (108 + 128))
     data = [(torch.randn(2, 3, 6, 6), torch.tensor([0, 1]))]
-    from_data = run_pruning(net, data, "synflow", 0.9, steps=4).masks
+    from_data = run_pruning(net, data, PruningConfig("synflow", 0.9, steps=4)).masks
     assert all(torch.equal(masks[n], from_data[n]) for n in masks)
     # one step = top-k of the closed-form-free score on the all-kept net
-    one = run_pruning(net, None, "synflow", 0.9, steps=1, input_shape=(3, 6, 6)).masks
+    one = run_pruning(
+        net, None, PruningConfig("synflow", 0.9, steps=1, input_shape=(3, 6, 6))
+    ).masks
     reference = global_topk_masks(synflow_scores(net, (3, 6, 6)), round(0.1 * 236))
     assert all(torch.equal(one[n], reference[n]) for n in one)

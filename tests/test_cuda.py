@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import OPTIMIZERS, batches, fit, pruned_weights, tiny_model
 
+from pruning_lightning.callback import PruningCallback
 from pruning_lightning.models import build_backbone
-from pruning_lightning.pruning.callback import PruningCallback
 from pruning_lightning.pruning.engine import compute_masks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

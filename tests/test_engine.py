@@ -10,7 +10,9 @@ from conftest import batches, conv_net
 from torch import nn
 
 from pruning_lightning import ConfigError, compute_masks
-from pruning_lightning.pruning import METHODS, PruningResult, run_pruning
+from pruning_lightning.pruning import PruningConfig, PruningResult, method_names, run_pruning
+
+METHODS = method_names()
 
 STEPS = {"force": 3, "iter_snip": 3, "synflow": 3}
 
@@ -19,9 +21,10 @@ STEPS = {"force": 3, "iter_snip": 3, "synflow": 3}
 TOTAL = 162 + 324 + 96
 
 
-def prune(net, data, method, sparsity=0.9, **kwargs) -> PruningResult:
+def prune(net, data, method, sparsity=0.9, record=False, **kwargs) -> PruningResult:
     kwargs.setdefault("steps", STEPS.get(method))
-    return run_pruning(net, data, method, sparsity, **kwargs)
+    run = {k: kwargs.pop(k) for k in ("loss_fn", "grad_reduce", "progress") if k in kwargs}
+    return run_pruning(net, data, PruningConfig(method, sparsity, **kwargs), record=record, **run)
 
 
 class Counting:
@@ -202,13 +205,21 @@ def test_progress_callable_and_bar():
 @pytest.mark.parametrize(
     "args, kwargs, match",
     [
-        (("prune_it", 0.9), {}, r"Unknown pruning method 'prune_it'\. Choose one of: random"),
+        (
+            ("prune_it", 0.9),
+            {},
+            r"Unknown pruning method 'prune_it'\. Choose one of: force, iter_snip",
+        ),
         (("snip", 1.0), {}, r"sparsity must be a number in \[0, 1\)"),
         (("snip", -0.1), {}, r"sparsity must be a number in \[0, 1\)"),
         (("snip", float("nan")), {}, r"sparsity must be a number in \[0, 1\)"),
         (("snip", True), {}, r"sparsity must be a number in \[0, 1\)"),
         (("force", 0.9), {"steps": 0}, r"steps must be an integer >= 1"),
-        (("snip", 0.9), {"steps": 5}, r"steps=5 only applies to force/iter_snip/synflow"),
+        (
+            ("snip", 0.9),
+            {"steps": 5},
+            r"steps=5 only applies to the progressive methods \(force, iter_snip, synflow\)",
+        ),
         (("force", 0.9), {"schedule": "cos"}, r"Unknown schedule 'cos'\. Choose one of: exp"),
         (("snip", 0.9), {"num_batches": 0}, r"num_batches must be an integer >= 1"),
         (("grasp", 0.9), {"temperature": 0.0}, r"temperature must be a positive number"),
@@ -219,23 +230,40 @@ def test_progress_callable_and_bar():
 )
 def test_bad_arguments(args, kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        run_pruning(conv_net(dropout=True), batches(1), *args, **kwargs)
+        compute_masks(conv_net(dropout=True), batches(1), *args, **kwargs)
+
+
+def test_run_pruning_takes_a_config_and_compute_masks_only_known_options():
+    with pytest.raises(ConfigError, match="run_pruning takes a PruningConfig"):
+        run_pruning(conv_net(dropout=True), batches(1), "snip")
+    with pytest.raises(ConfigError, match="unknown option"):
+        compute_masks(conv_net(dropout=True), batches(1), "snip", 0.9, stpes=3)
+    with pytest.raises(ConfigError, match=r"use run_pruning\(record=True\)"):
+        compute_masks(conv_net(dropout=True), batches(1), "snip", 0.9, record=True)
+
+
+def test_config_is_frozen_and_resolves_the_default_steps():
+    config = PruningConfig("force", 0.9, include=["*.weight"])
+    assert config.steps == 60 and config.include == ("*.weight",)
+    assert PruningConfig("synflow", 0.9).steps == 100 and PruningConfig("snip", 0.9).steps == 1
+    with pytest.raises(AttributeError):
+        config.sparsity = 0.5
 
 
 def test_bad_data():
     with pytest.raises(ConfigError, match="method 'snip' needs data"):
-        run_pruning(conv_net(dropout=True), None, "snip", 0.9)
+        run_pruning(conv_net(dropout=True), None, PruningConfig("snip", 0.9))
     with pytest.raises(ConfigError, match="synflow without data needs input_shape"):
-        run_pruning(conv_net(dropout=True), None, "synflow", 0.9)
+        run_pruning(conv_net(dropout=True), None, PruningConfig("synflow", 0.9))
     with pytest.raises(ConfigError, match="data yielded no batch: pass a non-empty"):
-        run_pruning(conv_net(dropout=True), [], "snip", 0.9)
+        run_pruning(conv_net(dropout=True), [], PruningConfig("snip", 0.9))
     with pytest.raises(ConfigError, match=r"\(inputs, targets\) pairs"):
-        run_pruning(conv_net(dropout=True), [torch.randn(2, 3, 6, 6)], "snip", 0.9)
+        run_pruning(conv_net(dropout=True), [torch.randn(2, 3, 6, 6)], PruningConfig("snip", 0.9))
 
 
 def test_no_prunable_tensor():
     with pytest.raises(ConfigError, match="no prunable layer"):
-        run_pruning(nn.Sequential(nn.BatchNorm2d(3)), batches(1), "snip", 0.9)
+        run_pruning(nn.Sequential(nn.BatchNorm2d(3)), batches(1), PruningConfig("snip", 0.9))
 
 
 @pytest.mark.parametrize("method", ["snip", "grasp", "force", "magnitude", "synflow"])

@@ -19,10 +19,11 @@ from pruning_lightning.analysis import figures
 from pruning_lightning.analysis.figures_cli import main, markdown_table
 from pruning_lightning.analysis.results import read_table, write_table
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning import method_names
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
-FORCE_RED = figures.METHOD_COLORS["force"]
+FORCE_RED = figures.method_color("force")
 
 # Test accuracy per (method, sparsity): one value per seed 0, 1, 2.
 ACCURACIES = {
@@ -256,7 +257,8 @@ def test_one_colour_per_method_in_every_figure():
     ]
     for fig, label in drawn:
         assert line(fig, label).get_color() == FORCE_RED
-    assert len(set(figures.METHOD_COLORS.values())) == len(figures.METHOD_COLORS)
+    known = [*method_names(), "dense"]
+    assert len({figures.method_color(m) for m in known}) == len(known)
     assert figures.method_color("newmethod") == figures.method_color("newmethod")
 
 

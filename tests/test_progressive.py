@@ -8,7 +8,7 @@ from conftest import batches, conv_net
 from torch import nn
 
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning import force_saliency, kept_schedule, run_pruning
+from pruning_lightning.pruning import PruningConfig, force_saliency, kept_schedule, run_pruning
 
 
 def test_kept_schedule_hand_values():
@@ -29,7 +29,10 @@ def test_kept_schedule_hand_values():
 def test_recorded_counts_follow_the_schedule(method, schedule):
     net, total, steps, sparsity = conv_net(), 162 + 324 + 96, 7, 0.97
     res = run_pruning(
-        net, batches(3), method, sparsity, steps=steps, schedule=schedule, record=True
+        net,
+        batches(3),
+        PruningConfig(method, sparsity, steps=steps, schedule=schedule),
+        record=True,
     )
     d = 1 - sparsity
     expected = [
@@ -51,8 +54,8 @@ def test_recorded_counts_follow_the_schedule(method, schedule):
 
 def test_iter_snip_never_resurrects_and_recording_does_not_change_the_mask():
     net, data = conv_net(1), batches(5, 1)
-    plain = run_pruning(net, data, "iter_snip", 0.95, steps=6).masks
-    res = run_pruning(net, data, "iter_snip", 0.95, steps=6, record=True)
+    plain = run_pruning(net, data, PruningConfig("iter_snip", 0.95, steps=6)).masks
+    res = run_pruning(net, data, PruningConfig("iter_snip", 0.95, steps=6), record=True)
     assert all(r.recovered == 0 for r in res.steps)
     assert all(r.pruned > 0 for r in res.steps)
     assert all(torch.equal(plain[n], res.masks[n]) for n in res.masks)
@@ -79,16 +82,18 @@ def resurrection_case():
 
 def test_force_resurrects_a_pruned_weight():
     net, data, loss = resurrection_case()
-    step1 = run_pruning(net, data, "snip", 0.5, loss_fn=loss).masks["0.weight"]
+    step1 = run_pruning(net, data, PruningConfig("snip", 0.5), loss_fn=loss).masks["0.weight"]
     assert step1.tolist() == [[False, False], [True, True]]  # m_1 of the T = 2 run
-    force = run_pruning(net, data, "force", 0.75, steps=2, loss_fn=loss, record=True)
+    force = run_pruning(net, data, PruningConfig("force", 0.75, steps=2), loss_fn=loss, record=True)
     assert force.masks["0.weight"].tolist() == [[True, False], [False, False]]
     assert [(r.pruned, r.recovered) for r in force.steps] == [(2, 0), (2, 1)]
     # saliency: S(m_1) = 1.1 + 0.11 at r = (-2, 1.1); S(m_2) = |1 * (1 - 2)| = 1
     assert force.steps[0].saliency == pytest.approx(1.21)
     assert force.steps[1].saliency == pytest.approx(1.0)
 
-    it = run_pruning(net, data, "iter_snip", 0.75, steps=2, loss_fn=loss, record=True)
+    it = run_pruning(
+        net, data, PruningConfig("iter_snip", 0.75, steps=2), loss_fn=loss, record=True
+    )
     assert it.masks["0.weight"].tolist() == [[False, False], [True, False]]
     assert [(r.pruned, r.recovered) for r in it.steps] == [(2, 0), (1, 0)]
 
@@ -109,13 +114,13 @@ def test_force_saliency_views_by_hand():
 
 def test_recorded_saliency_matches_force_saliency():
     net, data = conv_net(2), batches(1, 2)  # one batch: every step sees the same data
-    res = run_pruning(net, data, "force", 0.9, steps=3, record=True)
+    res = run_pruning(net, data, PruningConfig("force", 0.9, steps=3), record=True)
     final = force_saliency(net, res.masks, data)
     assert res.steps[-1].saliency == pytest.approx(final, rel=1e-5)
-    snip = run_pruning(net, data, "snip", 0.9, record=True)
+    snip = run_pruning(net, data, PruningConfig("snip", 0.9), record=True)
     assert snip.steps[0].saliency == pytest.approx(force_saliency(net, snip.masks, data), rel=1e-5)
     assert all(r.saliency is not None and r.saliency > 0 for r in res.steps)
-    assert run_pruning(net, data, "force", 0.9, steps=3).steps == []
+    assert run_pruning(net, data, PruningConfig("force", 0.9, steps=3)).steps == []
 
 
 def test_each_pass_over_a_distributed_sampler_gets_a_new_shuffle():

@@ -3,7 +3,7 @@
 Every function takes plain rows (dicts, as :mod:`pruning_lightning.analysis.results` reads them)
 or pruning.json summaries and returns a :class:`~matplotlib.figure.Figure`; the command line in
 :mod:`pruning_lightning.analysis.figures_cli` reads the files and saves the PNGs. One colour per
-method (:data:`METHOD_COLORS`) is used by every figure, so a method is recognisable across them.
+method (its registry entry's) is used by every figure, so a method is recognisable across them.
 Accuracies are logged as fractions and drawn in percent.
 """
 
@@ -27,31 +27,17 @@ from pruning_lightning.analysis.results import (
     require_unique,
 )
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.registry import criteria_list, get_criterion, method_names
+from pruning_lightning.report import short_layer_name
 
-#: The one colour of each method, in every figure.
-METHOD_COLORS: dict[str, str] = {
-    "force": "#d62728",  # red
-    "iter_snip": "#ff7f0e",  # orange
-    "snip": "#1f77b4",  # blue
-    "grasp": "#2ca02c",  # green
-    "random": "#7f7f7f",  # grey
-    "magnitude": "#8c564b",  # brown
-    "synflow": "#9467bd",  # purple
-    "dense": "#000000",  # black
-}
-METHOD_LABELS: dict[str, str] = {
-    "force": "FORCE",
-    "iter_snip": "Iterative SNIP",
-    "snip": "SNIP",
-    "grasp": "GRASP",
-    "random": "Random",
-    "magnitude": "Magnitude",
-    "synflow": "SynFlow",
-    "dense": "Dense",
-}
-# For methods added later: a fixed colour picked by a stable hash of the name.
+DENSE_COLOR, DENSE_LABEL = "#000000", "Dense"
+# For methods without a registry entry: a fixed colour picked by a stable hash of the name.
 _SPARE_COLORS = ("#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39")
-PROGRESSIVE = ("force", "iter_snip")
+
+
+def saliency_methods() -> list[str]:
+    """Progressive methods whose score is the FORCE saliency's terms (the saliency sweep's)."""
+    return [c.name for c in criteria_list() if c.progressive and c.force_saliency_score]
 
 
 def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
@@ -62,19 +48,23 @@ def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[
 
 
 def method_color(method: str) -> str:
-    """The method's colour; an unknown method gets a spare colour that depends only on its name."""
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
+    """The method's colour from the registry; other names get a spare colour fixed by the name."""
+    if method == "dense":
+        return DENSE_COLOR
+    if method in method_names():
+        return get_criterion(method).color
     return _SPARE_COLORS[zlib.crc32(method.encode()) % len(_SPARE_COLORS)]
 
 
 def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    if method == "dense":
+        return DENSE_LABEL
+    return get_criterion(method).label if method in method_names() else method
 
 
 def sort_methods(methods: Sequence[str]) -> list[str]:
-    """Known methods in the order of :data:`METHOD_COLORS` (legend order), then the rest."""
-    known = list(METHOD_COLORS)
+    """Registered methods in registry order (legend order), then dense, then the rest."""
+    known = [*method_names(), "dense"]
     unique = list(dict.fromkeys(methods))
     return sorted(unique, key=lambda m: (known.index(m) if m in known else len(known), m))
 
@@ -321,29 +311,10 @@ def accuracy_walltime_figure(
 # -- per-layer densities (Figures 8, 13) -----------------------------------------------------------
 
 
-def _short(name: str) -> str:
-    return name.removeprefix("backbone.").removesuffix(".weight")
-
-
-def layer_density_figure(counts: dict[str, tuple[int, int]], title: str = "") -> Figure:
-    """Bar chart of the kept fraction of every prunable layer, input to output (paper Fig. 8)."""
-    names = [_short(name) for name in counts]
-    fractions = [kept / total for kept, total in counts.values()]
-    fig, ax = _subplots(figsize=(max(6.0, 0.18 * len(names)), 3.5))
-    ax.bar(range(len(names)), fractions, color="tab:blue")
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
-    ax.set_ylabel("fraction of weights kept")
-    ax.set_xlabel("layer (input to output)")
-    ax.set_ylim(0, 1)
-    if title:
-        ax.set_title(title)
-    return fig
-
-
 def _layer_axis(ax: Axes, names: Sequence[str]) -> None:
     ax.set_xticks(
         range(len(names)),
-        [_short(n) for n in names],
+        [short_layer_name(n) for n in names],
         rotation=90,
         fontsize=6 if len(names) > 20 else 8,
     )

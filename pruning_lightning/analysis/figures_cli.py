@@ -168,17 +168,14 @@ def cmd_recovery(args: argparse.Namespace) -> None:
 
 
 def cmd_saliency(args: argparse.Namespace) -> None:
-    from pruning_lightning.analysis.saliency_sweep import (
-        SeededLoader,
-        build_from_config,
-        saliency_rows,
-    )
+    from pruning_lightning.analysis.saliency_sweep import build_from_config, saliency_rows
+    from pruning_lightning.pruning.saliency import seeded_loader
 
-    bad = [m for m in args.methods if m not in figures.PROGRESSIVE]
+    bad = [m for m in args.methods if m not in figures.saliency_methods()]
     if bad:
         raise ConfigError(
             f"--methods {' '.join(bad)}: the saliency sweep compares progressive masks with "
-            f"one-shot SNIP; choose from {', '.join(figures.PROGRESSIVE)}."
+            f"one-shot SNIP; choose from {', '.join(figures.saliency_methods())}."
         )
     for s in args.sparsities:
         if not 0.0 < s < 1.0:
@@ -199,7 +196,7 @@ def cmd_saliency(args: argparse.Namespace) -> None:
         model.to(args.device)
         rows += saliency_rows(
             model,
-            SeededLoader(loader, seed),
+            seeded_loader(loader, seed),
             args.methods,
             args.sparsities,
             args.steps,
@@ -383,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="CLI override, e.g. model.width=8 or data.batch_size=64 (repeatable)",
     )
-    p.add_argument("--methods", nargs="+", default=list(figures.PROGRESSIVE))
+    p.add_argument("--methods", nargs="+", default=list(figures.saliency_methods()))
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.99, 0.995])
     p.add_argument("--steps", nargs="+", type=int, default=[1, 5, 10, 20, 60])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.report import PruningSummary
 
 TEST_METRICS = "test_metrics.json"
 PRUNING_JSON = "pruning.json"
@@ -176,52 +177,15 @@ def read_pruning_json(path: str | Path) -> dict:
             f"{path} does not exist. Pass a pruning.json written by a pruned run (or the run's "
             "log dir, lightning_logs/version_N); dense runs (sparsity 0) write none."
         )
-    summary = _read_json(path)
-    problem = _pruning_json_problem(summary)
-    if problem:
+    try:
+        summary = PruningSummary.from_dict(_read_json(path)).to_dict()
+    except ValueError as err:
         raise ConfigError(
-            f"{path} is malformed: {problem}. It must be the pruning.json that the pruning "
+            f"{path} is malformed: {err}. It must be the pruning.json that the pruning "
             "callback writes; rerun the run to regenerate it."
-        )
+        ) from None
     summary["_path"] = str(path)
     return summary
-
-
-def _pruning_json_problem(summary: Any) -> str | None:
-    if not isinstance(summary, dict):
-        return "the top level is not an object"
-    for key in ("method", "sparsity", "layers"):
-        if key not in summary:
-            return f"the key {key!r} is missing"
-    layers = summary["layers"]
-    if not isinstance(layers, dict) or not layers:
-        return "'layers' is empty or not an object"
-    for name, entry in layers.items():
-        if (
-            not isinstance(entry, dict)
-            or not _is_count(entry.get("kept"))
-            or not (_is_count(entry.get("total")) and entry["total"] > 0)
-        ):
-            return f"layer {name!r} lacks integer 'kept' and positive 'total' counts"
-        if entry["kept"] > entry["total"]:
-            return f"layer {name!r} keeps more weights than it has"
-    history = summary.get("history", [])
-    if not isinstance(history, list):
-        return "'history' is not a list"
-    for i, record in enumerate(history):
-        if not isinstance(record, dict) or not isinstance(record.get("kept"), dict):
-            return f"history entry {i} lacks its 'kept' counts"
-        for key in ("step", "pruned", "recovered"):
-            if not _is_count(record.get(key)):
-                return f"history entry {i} lacks an integer {key!r}"
-        unknown = set(record["kept"]) - set(layers)
-        if unknown:
-            return f"history entry {i} names layers not in 'layers': {sorted(unknown)[:3]}"
-    return None
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_run(log_dir: str | Path) -> dict[str, Any]:

@@ -5,42 +5,22 @@ fit`` would build them (same seed, so the same theta0); then, per sparsity, the 
 and the progressive masks for every T are computed with :func:`run_pruning` on the training data,
 and the FORCE saliency of each is measured in both views on the same fixed evaluation batches, so
 the ratios to SNIP compare masks and nothing else. Every mask computation starts from a fresh,
-identically seeded loader: the first batch FORCE sees is the batch SNIP sees.
+identically seeded loader (:func:`~pruning_lightning.pruning.saliency.seeded_loader`, as in
+``fit``): the first batch FORCE sees is the batch SNIP sees.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from unittest.mock import patch
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
 
 from pruning_lightning.errors import ConfigError
 
 VIEWS = ("pruning", "sparsification")
-
-
-class SeededLoader:
-    """Re-iterable batches of a dataset in an order fixed by ``seed`` (the same on every pass)."""
-
-    def __init__(self, loader: DataLoader, seed: int) -> None:
-        self.loader, self.seed = loader, seed
-
-    def __iter__(self) -> Iterator:
-        generator = torch.Generator().manual_seed(self.seed)
-        base = self.loader
-        return iter(
-            DataLoader(
-                base.dataset,
-                batch_size=base.batch_size,
-                sampler=RandomSampler(base.dataset, generator=generator),
-                num_workers=base.num_workers,
-                collate_fn=base.collate_fn,
-            )
-        )
 
 
 def build_from_config(configs: Sequence[str], overrides: Sequence[str], seed: int) -> tuple:
@@ -73,7 +53,7 @@ def saliency_rows(
 ) -> list[dict[str, Any]]:
     """One row per (method, sparsity, T) plus the SNIP row per sparsity: both saliency views and
     their ratio to the SNIP mask's at the same sparsity."""
-    from pruning_lightning.pruning.engine import run_pruning
+    from pruning_lightning.pruning.engine import PruningConfig, run_pruning
     from pruning_lightning.pruning.saliency import force_saliency
 
     if not steps or any(t < 1 for t in steps):
@@ -92,7 +72,9 @@ def saliency_rows(
     rows = []
     common = {"seed": seed, "schedule": schedule, "num_batches": num_batches}
     for sparsity in sparsities:
-        snip = run_pruning(model, data, "snip", sparsity, num_batches=num_batches, seed=seed)
+        snip = run_pruning(
+            model, data, PruningConfig("snip", sparsity, num_batches=num_batches, seed=seed)
+        )
         reference = measure(snip.masks)
         rows.append(_row("snip", sparsity, 1, reference, reference, snip.seconds, common))
         for method in methods:
@@ -100,12 +82,14 @@ def saliency_rows(
                 result = run_pruning(
                     model,
                     data,
-                    method,
-                    sparsity,
-                    steps=t,
-                    schedule=schedule,
-                    num_batches=num_batches,
-                    seed=seed,
+                    PruningConfig(
+                        method,
+                        sparsity,
+                        steps=t,
+                        schedule=schedule,
+                        num_batches=num_batches,
+                        seed=seed,
+                    ),
                 )
                 rows.append(
                     _row(

@@ -44,7 +44,7 @@ from pruning_lightning.analysis.results import (
     write_table,
 )
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.engine import METHODS, PROGRESSIVE
+from pruning_lightning.pruning.registry import get_criterion, method_names
 
 # Seconds before the time limit at which SLURM sends the requeue signal (SIGUSR1) to the runs.
 REQUEUE_SIGNAL_SECONDS = 90
@@ -169,15 +169,15 @@ def expand(
 
 
 def _one_shot(method: str) -> bool:
-    return method != "dense" and method not in PROGRESSIVE
+    return method != "dense" and not get_criterion(method).progressive
 
 
 def _check_methods(methods: Sequence[str]) -> None:
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in method_names()]
     if unknown:
         raise ConfigError(
             f"Unknown pruning method(s) {', '.join(map(repr, unknown))}. Choose from: "
-            f"{', '.join(METHODS)} (dense runs: sparsity 0)."
+            f"{', '.join(method_names())} (dense runs: sparsity 0)."
         )
 
 

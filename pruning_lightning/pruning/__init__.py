@@ -1,8 +1,8 @@
 """The pruning math: prunable tensors, criteria, progressive schedules, masks. No Lightning here."""
 
+from pruning_lightning.pruning.config import PruningConfig
 from pruning_lightning.pruning.connectivity import has_input_output_path
 from pruning_lightning.pruning.engine import (
-    METHODS,
     PruningResult,
     StepRecord,
     compute_masks,
@@ -17,10 +17,12 @@ from pruning_lightning.pruning.masks import (
     prunable_parameters,
 )
 from pruning_lightning.pruning.progressive import kept_schedule
+from pruning_lightning.pruning.registry import Criterion, get_criterion, method_names, register
 from pruning_lightning.pruning.saliency import force_saliency
 
 __all__ = [
-    "METHODS",
+    "Criterion",
+    "PruningConfig",
     "PruningResult",
     "StepRecord",
     "apply_masks",
@@ -28,10 +30,13 @@ __all__ = [
     "collapsed_layers",
     "compute_masks",
     "force_saliency",
+    "get_criterion",
     "global_topk_masks",
     "has_input_output_path",
     "kept_counts",
     "kept_schedule",
+    "method_names",
     "prunable_parameters",
+    "register",
     "run_pruning",
 ]

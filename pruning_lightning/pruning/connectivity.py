@@ -20,8 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.masks import PRUNABLE_MODULES
+from pruning_lightning.pruning.masks import PRUNABLE_MODULES, check_masks
 from pruning_lightning.pruning.saliency import module_modes
 
 
@@ -37,18 +36,8 @@ def has_input_output_path(
     ``input_shape`` is the shape of one example, e.g. ``(3, 32, 32)``. Prunable tensors without a
     mask count as fully kept.
     """
+    check_masks(model, masks, complete=False)
     params = dict(model.named_parameters())
-    unknown = [n for n in masks if n not in params]
-    if unknown:
-        raise ConfigError(
-            f"masks for {unknown[:5]}, which are not parameters of {type(model).__name__}."
-        )
-    wrong = [n for n, m in masks.items() if tuple(m.shape) != tuple(params[n].shape)]
-    if wrong:
-        raise ConfigError(
-            f"masks whose shape differs from their weight's: {wrong[:5]}; were they computed for "
-            "another architecture or width?"
-        )
     device = next(iter(params.values())).device
     values: dict[str, Tensor] = {}
     for name, p in params.items():

@@ -1,31 +1,149 @@
-"""Scores of the one-shot criteria: random, magnitude, SNIP, GRASP, and SynFlow's per-step score.
+"""The score functions of the pruning methods, and analysis helpers that return their scores.
 
-Convention: a larger score = more worth keeping, except GRASP, whose paper score ``-theta0 * Hg``
-keeps the k SMALLEST (:func:`grasp_scores` returns the paper's score; the engine ranks its
-negation). The public ``*_scores`` functions return ``name -> tensor`` for analysis and tests; the
-engine uses the same building blocks and writes straight into its flat score buffer.
+A method's score function (a :data:`ScoreFactory`) receives a :class:`ScoreContext` once and
+returns the per-step writer ``step(t, previous mask or None, score views)`` the step loop calls
+(:mod:`pruning_lightning.pruning.progressive`); :mod:`~pruning_lightning.pruning.registry` records
+which factory each method uses. Convention: a larger score = more worth keeping. GRASP's paper score
+``-theta0 * Hg`` keeps the k SMALLEST, so its step writes the negation ``theta0 * Hg``
+(:func:`grasp_scores` returns the paper's score). The public ``*_scores`` functions return
+``name -> tensor`` for analysis and tests from the same building blocks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.masks import prunable_parameters
+from pruning_lightning.pruning.masks import prunable_parameters, split_flat
+from pruning_lightning.pruning.progressive import ScoreFn
 from pruning_lightning.pruning.saliency import (
+    BatchStream,
     LossFn,
     MaskedNetwork,
     _split_batch,
     _to_device,
     batch_mean,
+    load_masked,
     module_modes,
 )
 
+if TYPE_CHECKING:
+    from pruning_lightning.pruning.config import PruningConfig
+
 GradReduce = Callable[[list[Tensor]], None]
+
+
+@dataclass
+class ScoreContext:
+    """What a score function may use: the model and its prunable tensors (theta0), the options,
+    the network at masked weights and the stream of fresh training batches (both None when a
+    data-free method runs without data)."""
+
+    model: nn.Module
+    prunable: dict[str, nn.Parameter]
+    config: PruningConfig
+    net: MaskedNetwork | None
+    stream: BatchStream | None
+    grad_reduce: GradReduce | None = None
+
+    @property
+    def theta0(self) -> list[Tensor]:
+        return [p.detach() for p in self.prunable.values()]
+
+    def batches(self) -> list[tuple[Tensor, Tensor]]:
+        """The next ``num_batches`` fresh batches."""
+        if self.stream is None:
+            raise ConfigError(f"method '{self.config.method}' needs data.")
+        return self.stream.take(self.config.num_batches)
+
+    def gradients(self, masks: Sequence[Tensor] | None) -> list[Tensor]:
+        """dL/dw at ``theta0 * m`` on fresh batches, averaged (and all-reduced under DDP)."""
+        assert self.net is not None
+        self.net.load(masks)
+        grads = self.net.gradients(self.batches())
+        if self.grad_reduce is not None:
+            self.grad_reduce(grads)
+        return grads
+
+
+ScoreFactory = Callable[[ScoreContext], ScoreFn]
+
+
+def gradient_score(ctx: ScoreContext) -> ScoreFn:
+    """SNIP, Iterative SNIP, FORCE: ``|theta0 * dL/dw|`` at ``theta0 * m_{t-1}`` (the FORCE
+    saliency's terms)."""
+    theta0 = ctx.theta0
+
+    def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> None:
+        grads = ctx.gradients(prev)
+        with torch.no_grad():
+            for v, th, g in zip(views, theta0, grads, strict=True):
+                torch.mul(th, g, out=v)
+                v.abs_()
+
+    return step
+
+
+def grasp_score(ctx: ScoreContext) -> ScoreFn:
+    """GRASP: ranks ``theta0 * Hg`` (the negated paper score), Hg at theta0."""
+    theta0 = ctx.theta0
+    assert ctx.net is not None
+
+    def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> None:
+        hg = grasp_hessian_gradient(ctx.net, ctx.batches(), ctx.config.temperature, ctx.grad_reduce)
+        with torch.no_grad():
+            for v, th, h in zip(views, theta0, hg, strict=True):
+                torch.mul(th, h, out=v)
+
+    return step
+
+
+def random_score(ctx: ScoreContext) -> ScoreFn:
+    """Random: i.i.d. uniform scores from the seed, the same on any device."""
+    numel = sum(p.numel() for p in ctx.prunable.values())
+
+    def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> None:
+        flat = random_scores(numel, ctx.config.seed).to(views[0].device)
+        for v, part in zip(views, split_flat(flat, [v.shape for v in views]), strict=True):
+            v.copy_(part)
+
+    return step
+
+
+def magnitude_score(ctx: ScoreContext) -> ScoreFn:
+    """Magnitude: ``|theta0|``."""
+    theta0 = ctx.theta0
+
+    def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> None:
+        for v, th in zip(views, theta0, strict=True):
+            torch.abs(th, out=v)
+
+    return step
+
+
+def synflow_score(ctx: ScoreContext) -> ScoreFn:
+    """SynFlow: ``|w * dR/dw|`` of the linearised network at ``|theta0| * m_{t-1}``."""
+    input_shape = ctx.config.input_shape
+    if input_shape is None:
+        if ctx.stream is None:
+            raise ConfigError(
+                "synflow without data needs input_shape, the shape of one example, "
+                "e.g. (3, 32, 32)."
+            )
+        input_shape = tuple(ctx.stream.next()[0].shape[1:])
+    synflow = SynFlowNetwork(ctx.model, ctx.prunable, input_shape)
+
+    def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> None:
+        for v, score in zip(views, synflow.scores(prev), strict=True):
+            v.copy_(score)
+
+    return step
 
 
 def random_scores(numel: int, seed: int) -> Tensor:
@@ -86,14 +204,7 @@ class SynFlowNetwork:
 
     def scores(self, masks: Sequence[Tensor] | None) -> list[Tensor]:
         """``|w * dR/dw|`` at ``w = |theta0| * m`` (None = all kept), R = sum of the outputs."""
-        with torch.no_grad():
-            for i, (w, t) in enumerate(zip(self.weights, self.theta, strict=True)):
-                if masks is None:
-                    w.copy_(t)
-                else:
-                    w.copy_(masks[i]).mul_(t)
-        for w in self.weights:
-            w.requires_grad_(True)
+        load_masked(self.weights, self.theta, masks)
         params = {**self.fixed, **dict(zip(self.names, self.weights, strict=True))}
         with module_modes(self.model, False):
             r = functional_call(self.model, params, (self.x,)).sum()

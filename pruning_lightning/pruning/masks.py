@@ -44,8 +44,8 @@ def prunable_parameters(
         for m in model.modules()
         if isinstance(m, PRUNABLE_MODULES) and isinstance(getattr(m, "weight", None), nn.Parameter)
     }
-    include = _patterns("include", include)
-    exclude = _patterns("exclude", exclude)
+    include = fnmatch_patterns("include", include)
+    exclude = fnmatch_patterns("exclude", exclude)
     chosen = {
         name: p
         for name, p in model.named_parameters()
@@ -63,14 +63,15 @@ def prunable_parameters(
     return chosen
 
 
-def _patterns(arg: str, value: Sequence[str] | None) -> list[str] | None:
+def fnmatch_patterns(arg: str, value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """``value`` as a tuple of patterns (one string is one pattern); else a ConfigError."""
     if value is None:
         return None
     if isinstance(value, str):
         value = [value]
-    if not all(isinstance(v, str) for v in value):
+    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{arg} must be a list of fnmatch patterns (strings), got {value!r}.")
-    return list(value)
+    return tuple(value)
 
 
 class TopKSelector:
@@ -102,13 +103,7 @@ class TopKSelector:
 
     def views(self, shapes: Sequence[torch.Size], flat: Tensor | None = None) -> list[Tensor]:
         """Per-tensor views, in order, of ``flat`` (default: the score buffer)."""
-        flat = self.scores if flat is None else flat
-        out, offset = [], 0
-        for shape in shapes:
-            n = math.prod(shape)
-            out.append(flat[offset : offset + n].view(shape))
-            offset += n
-        return out
+        return split_flat(self.scores if flat is None else flat, shapes)
 
     def select(self, k: int, out: Tensor, allowed: Tensor | None = None) -> None:
         """Write into ``out`` (``bool``, flat) the mask of the ``k`` largest scores.
@@ -314,14 +309,17 @@ def check_masks(
     masks: Mapping[str, Tensor],
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    *,
+    complete: bool = True,
 ) -> None:
-    """ConfigError unless ``masks`` are bool tensors for exactly the model's prunable tensors."""
+    """ConfigError unless ``masks`` are bool tensors of the right shapes for the model's prunable
+    tensors: all of them, or (``complete=False``) some of them, the others counting as kept."""
     if not isinstance(masks, Mapping):
         raise ConfigError(
             f"masks must be a dict of parameter name -> bool tensor, got {type(masks).__name__}."
         )
     expected = prunable_parameters(model, include, exclude)
-    missing = [n for n in expected if n not in masks]
+    missing = [n for n in expected if n not in masks] if complete else []
     unknown = [n for n in masks if n not in expected]
     if missing or unknown:
         raise ConfigError(
@@ -330,6 +328,8 @@ def check_masks(
             "for another backbone, or with other include/exclude patterns?"
         )
     for name, p in expected.items():
+        if name not in masks:
+            continue
         mask = masks[name]
         if not isinstance(mask, Tensor):
             raise ConfigError(f"mask '{name}' is a {type(mask).__name__}, not a torch.Tensor.")
@@ -352,9 +352,24 @@ def _few(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def split_flat(flat: Tensor, shapes: Sequence[torch.Size]) -> list[Tensor]:
+    """Views of consecutive slices of the flat ``flat`` with the given shapes, in order."""
+    out, offset = [], 0
+    for shape in shapes:
+        n = math.prod(shape)
+        out.append(flat[offset : offset + n].view(shape))
+        offset += n
+    return out
+
+
 def kept_counts(masks: Mapping[str, Tensor]) -> dict[str, tuple[int, int]]:
     """Name -> (kept, total) for each mask."""
     return {name: (int(torch.count_nonzero(m)), m.numel()) for name, m in masks.items()}
+
+
+def kept_total(counts: Mapping[str, tuple[int, int]]) -> tuple[int, int]:
+    """(kept, total) summed over the tensors of :func:`kept_counts`."""
+    return sum(k for k, _ in counts.values()), sum(t for _, t in counts.values())
 
 
 def collapsed_layers(masks: Mapping[str, Tensor]) -> list[str]:

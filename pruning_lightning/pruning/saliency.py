@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils.data import DataLoader, DistributedSampler
 
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.masks import prunable_parameters
+from pruning_lightning.pruning.masks import check_masks, prunable_parameters
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 SALIENCY_VIEWS = ("pruning", "sparsification")
@@ -97,6 +98,31 @@ class BatchStream:
         return [self.next() for _ in range(n)]
 
 
+def seeded_loader(
+    loader: DataLoader, seed: int, num_replicas: int = 1, rank: int = 0
+) -> DataLoader:
+    """A fresh loader over ``loader``'s dataset for the saliency passes: this rank's shard in an
+    order fixed by ``seed``, with the same batch size, workers and collate function.
+
+    The order depends on the sampler's epoch, which :class:`BatchStream` sets to the pass number,
+    so every mask computation starts on the same batches and each further pass is shuffled anew.
+    Full batches only (as in the official code), unless the shard is smaller than one batch: then
+    its one short batch rather than none.
+    """
+    sampler = DistributedSampler(
+        loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=len(sampler) >= (loader.batch_size or 1),
+    )
+
+
 class MaskedNetwork:
     """The model evaluated at ``w = theta0 * m``; gradients w.r.t. ``w``, the model untouched."""
 
@@ -131,14 +157,7 @@ class MaskedNetwork:
 
     def load(self, masks: Sequence[Tensor] | None) -> None:
         """Set ``w = theta0 * m`` (``masks`` in the order of the names; None = all kept)."""
-        with torch.no_grad():
-            for i, (w, t) in enumerate(zip(self.weights, self.theta0, strict=True)):
-                if masks is None:
-                    w.copy_(t)
-                else:  # bool -> float copy, then multiply: ~3x faster than where/mul on bool
-                    w.copy_(masks[i]).mul_(t)
-        for w in self.weights:
-            w.requires_grad_(True)
+        load_masked(self.weights, self.theta0, masks)
 
     def loss(self, x: Tensor, y: Tensor, temperature: float = 1.0) -> Tensor:
         params = {**self.fixed, **self.buffers, **dict(zip(self.names, self.weights, strict=True))}
@@ -169,6 +188,21 @@ class MaskedNetwork:
         for w in self.weights:
             w.grad = None
         return grads
+
+
+def load_masked(
+    weights: Sequence[Tensor], theta0: Sequence[Tensor], masks: Sequence[Tensor] | None
+) -> None:
+    """``weights[i] = theta0[i] * masks[i]`` in place (None = all kept), then mark them as leaves
+    that need a gradient: the one place effective weights are built."""
+    with torch.no_grad():
+        for i, (w, t) in enumerate(zip(weights, theta0, strict=True)):
+            if masks is None:
+                w.copy_(t)
+            else:  # bool -> float copy, then multiply: ~3x faster than where/mul on bool
+                w.copy_(masks[i]).mul_(t)
+    for w in weights:
+        w.requires_grad_(True)
 
 
 def batch_mean(per_batch: Iterable[Sequence[Tensor]]) -> list[Tensor]:
@@ -226,29 +260,36 @@ def force_saliency_views(
     ``grad_reduce`` all-reduces the gradient in place (DDP), so every rank gets the same numbers
     and every rank must call this.
     """
-    prunable = prunable_parameters(model)
-    unknown = [n for n in masks if n not in prunable]
-    if unknown:
-        raise ConfigError(
-            f"masks for {unknown[:5]}, which are not prunable tensors of {type(model).__name__}."
-        )
-    net = MaskedNetwork(model, prunable, loss_fn=loss_fn)
+    check_masks(model, masks, complete=False)
+    net = MaskedNetwork(model, prunable_parameters(model), loss_fn=loss_fn)
     device_masks = [
-        masks[n].to(net.device, torch.bool) if n in masks else torch.ones_like(t, dtype=torch.bool)
+        masks[n].to(net.device) if n in masks else torch.ones_like(t, dtype=torch.bool)
         for n, t in zip(net.names, net.theta0, strict=True)
     ]
     stream = [_to_device(_split_batch(b), net.device) for b in batches]
     if not stream:
         raise ConfigError("force_saliency needs at least one (inputs, targets) batch; got none.")
     with module_modes(model, True):
-        net.load(device_masks)
-        grads = net.gradients(stream)
+        return saliency_views(net, stream, device_masks, grad_reduce)
+
+
+def saliency_views(
+    net: MaskedNetwork,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    masks: Sequence[Tensor],
+    grad_reduce: Callable[[list[Tensor]], None] | None = None,
+) -> dict[str, float]:
+    """The FORCE saliency of ``masks`` (per tensor, in ``net``'s order), both views: the gradient
+    at ``theta0 * m`` on ``batches`` (all-reduced by ``grad_reduce``), then the sums of
+    ``|theta0 * g|`` over the kept weights ("pruning") and over all ("sparsification")."""
+    net.load(masks)
+    grads = net.gradients(batches)
     if grad_reduce is not None:
         grad_reduce(grads)
     kept = torch.zeros((), dtype=torch.float64, device=net.device)
     every = torch.zeros((), dtype=torch.float64, device=net.device)
     with torch.no_grad():
-        for t, g, m in zip(net.theta0, grads, device_masks, strict=True):
+        for t, g, m in zip(net.theta0, grads, masks, strict=True):
             s = (t * g).abs_()
             every += s.sum(dtype=torch.float64)
             kept += torch.where(m, s, 0.0).sum(dtype=torch.float64)

@@ -12,9 +12,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from pruning_lightning.callback import PruningCallback
 from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.data import DigitsDataModule
-from pruning_lightning.pruning.callback import PruningCallback
 
 
 class PerturbingCallback(PruningCallback):

@@ -3,12 +3,13 @@
 It decides *when* to prune (at fit start, or after some dense training), feeds the engine the
 training data, keeps pruned weights at zero through training, carries the mask in checkpoints,
 keeps every DDP rank on the same mask, and logs what the mask looks like. The math lives in
-`pruning_lightning.pruning.engine`; nothing here re-implements it.
+`pruning_lightning.pruning` (which never imports Lightning), the pruning.json schema, scalars and
+figure in `pruning_lightning.report`; nothing here re-implements either.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,25 +22,22 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.config import PruningConfig
 from pruning_lightning.pruning.connectivity import has_input_output_path
-from pruning_lightning.pruning.engine import (
-    DATA_FREE,
-    METHODS,
-    PROGRESSIVE,
-    PruningResult,
-    run_pruning,
-    validate_options,
-)
+from pruning_lightning.pruning.engine import PruningResult, run_pruning
 from pruning_lightning.pruning.masks import (
     check_masks,
-    collapsed_layers,
     kept_counts,
+    kept_total,
     prunable_parameters,
+    split_flat,
 )
-from pruning_lightning.pruning.saliency import force_saliency_views
+from pruning_lightning.pruning.registry import get_criterion, method_names
+from pruning_lightning.pruning.saliency import force_saliency_views, seeded_loader
+from pruning_lightning.report import PruningSummary
 
 
 class PruningCallback(Callback):
@@ -65,7 +63,8 @@ class PruningCallback(Callback):
     ) -> None:
         """
         Args:
-            method: pruning criterion: random, magnitude, snip, grasp, iter_snip, force, synflow.
+            method: pruning criterion, a registered method (force, iter_snip, snip, grasp, random,
+                magnitude, synflow, and any added with `pruning_lightning.pruning.register`).
             sparsity: fraction of prunable weights to remove, in [0, 1); 0 trains the dense network.
             steps: iterations T of force/iter_snip/synflow (None: 60, 60, 100); one-shot methods
                 ignore it (with a warning), so a config's T survives switching the method.
@@ -84,9 +83,8 @@ class PruningCallback(Callback):
         """
         super().__init__()
         if (
-            isinstance(method, str)
-            and method in METHODS
-            and method not in PROGRESSIVE
+            method in method_names()
+            and not get_criterion(method).progressive
             and isinstance(steps, int)
             and steps > 1
         ):
@@ -94,8 +92,11 @@ class PruningCallback(Callback):
                 f"--pruning.method {method} is one-shot: it ignores --pruning.steps {steps}."
             )
             steps = None
-        # the engine's own checks (method, sparsity, steps, schedule, ...), now
-        validate_options(method, sparsity, steps, schedule, num_batches, seed or 0, temperature)
+        # the engine's own checks (method, sparsity, steps, schedule, ...), now; the seed and the
+        # autocast dtype are filled in at fit time
+        self.config = PruningConfig(
+            method, sparsity, steps, schedule, num_batches, seed or 0, include, exclude, temperature
+        )
         if prune_after_steps < 0 or prune_after_epochs < 0:
             raise ConfigError("--pruning.prune_after_steps/epochs must be >= 0.")
         if prune_after_steps and prune_after_epochs:
@@ -128,7 +129,7 @@ class PruningCallback(Callback):
         self.verify_ranks = verify_ranks
         self.log_figure = log_figure
         self.masks: dict[str, Tensor] | None = None
-        self.summary: dict[str, Any] | None = None  # pruning.json, kept for resumed runs
+        self.summary: PruningSummary | None = None  # pruning.json, kept for resumed runs
         self._pruned: list[tuple[Tensor, Tensor]] = []  # (parameter, True where pruned)
         self._hook_handles: list[Any] = []
 
@@ -231,12 +232,13 @@ class PruningCallback(Callback):
             "masks": masks,
             "method": self.method,
             "sparsity": self.sparsity,
-            "summary": self.summary,
+            "summary": None if self.summary is None else self.summary.to_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.masks = state_dict.get("masks")
-        self.summary = state_dict.get("summary")
+        summary = state_dict.get("summary")
+        self.summary = None if summary is None else PruningSummary.from_dict(summary)
 
     # -- the work -------------------------------------------------------------------------------
 
@@ -245,29 +247,35 @@ class PruningCallback(Callback):
         rank_zero_info(
             f"PruningCallback: computing a {self.method} mask at sparsity {self.sparsity} ..."
         )
-        result = run_pruning(
+        result = self.compute(
             pl_module,
             data,
-            self.method,
-            self.sparsity,
-            steps=self.steps,
-            schedule=self.schedule,
-            num_batches=self.num_batches,
-            seed=self._seed(),
-            include=self.include,
-            exclude=self.exclude,
-            temperature=self.temperature,
-            grad_reduce=self._grad_reduce(trainer),
             amp_dtype=autocast_dtype(trainer),
+            grad_reduce=self._grad_reduce(trainer),
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
-            record=True,
         )
-        if trainer.world_size > 1 and self.method in DATA_FREE:
+        if trainer.world_size > 1 and not self.config.criterion.needs_data:
             # no gradient is all-reduced: float kernels could differ by a bit between ranks
             _broadcast_masks(result.masks)
         if self.verify_ranks and trainer.world_size > 1:
             self._verify_identical(trainer, result.masks)
         self._finish(trainer, pl_module, result.masks, result, data)
+
+    def compute(
+        self,
+        model: torch.nn.Module,
+        data: Iterable | None,
+        *,
+        amp_dtype: torch.dtype | None = None,
+        grad_reduce: Any = None,
+        progress: bool = False,
+    ) -> PruningResult:
+        """The mask computation of a fit, per-step records included: exactly what `fit` runs on
+        the model and the saliency data (and what benchmarks/mask_time.py times)."""
+        config = dataclasses.replace(self.config, seed=self._seed(), amp_dtype=amp_dtype)
+        return run_pruning(
+            model, data, config, grad_reduce=grad_reduce, progress=progress, record=True
+        )
 
     def _finish(
         self,
@@ -325,24 +333,7 @@ class PruningCallback(Callback):
         loader = _train_loader(trainer)
         if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__len__"):
             return loader
-        sampler = DistributedSampler(
-            loader.dataset,
-            num_replicas=trainer.world_size,
-            rank=trainer.global_rank,
-            shuffle=True,
-            seed=self._seed(),
-        )
-        batch_size = loader.batch_size or 1
-        return DataLoader(
-            loader.dataset,
-            batch_size=loader.batch_size,
-            sampler=sampler,
-            num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn,
-            pin_memory=loader.pin_memory,
-            # a shard smaller than one batch keeps its one short batch rather than none
-            drop_last=len(sampler) >= batch_size,
-        )
+        return seeded_loader(loader, self._seed(), trainer.world_size, trainer.global_rank)
 
     def _seed(self) -> int:
         return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -358,10 +349,8 @@ class PruningCallback(Callback):
             flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce(flat)
             flat.div_(world_size)
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
+            for g, part in zip(grads, split_flat(flat, [g.shape for g in grads]), strict=True):
+                g.copy_(part)
 
         return reduce
 
@@ -402,9 +391,7 @@ class PruningCallback(Callback):
         ):
             raise not_a_mask
         check_masks(pl_module, masks, include=self.include, exclude=self.exclude)
-        counts = kept_counts(masks)
-        kept = sum(k for k, _ in counts.values())
-        total = sum(t for _, t in counts.values())
+        kept, total = kept_total(kept_counts(masks))
         file_sparsity = 1 - kept / total
         if self.sparsity > 0 and abs(file_sparsity - self.sparsity) > 1 / total:
             raise ConfigError(
@@ -422,14 +409,12 @@ class PruningCallback(Callback):
         masks: dict[str, Tensor],
         result: PruningResult | None,
         data: Iterable | None,
-    ) -> dict[str, Any]:
+    ) -> PruningSummary:
         """What pruning.json holds, measured on every rank while theta0 is still dense.
 
         The saliency pass runs on every rank with its gradient all-reduced (a SyncBatchNorm in
         train mode is a collective), so all ranks compute the same numbers.
         """
-        counts = kept_counts(masks)
-        collapsed = collapsed_layers(masks)
         batch = _first_batch(data) if data is not None else None
         input_shape = tuple(batch[0].shape[1:]) if batch is not None else _input_shape(pl_module)
         connected = input_shape is None or has_input_output_path(pl_module, masks, input_shape)
@@ -438,7 +423,10 @@ class PruningCallback(Callback):
             saliency = force_saliency_views(
                 pl_module, masks, [batch], grad_reduce=self._grad_reduce(trainer)
             )
-        return self._summary(counts, collapsed, connected, saliency, result)
+        options = {key.removeprefix("pruning/"): value for key, value in self.hparams().items()}
+        return PruningSummary.measure(
+            options, kept_counts(masks), connected=connected, saliency=saliency, result=result
+        )
 
     def _report(self, trainer: pl.Trainer, result: PruningResult | None) -> None:
         """Warn about collapse, log scalars/figure/history, write pruning.json (rank zero)."""
@@ -447,10 +435,7 @@ class PruningCallback(Callback):
         log_dir = _log_dir(trainer)  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:  # the masks are identical on every rank
             return
-        counts = {n: (v["kept"], v["total"]) for n, v in summary["layers"].items()}
-        kept = sum(k for k, _ in counts.values())
-        total = sum(t for _, t in counts.values())
-        collapsed, connected = summary["collapsed_layers"], not summary["disconnected"]
+        collapsed, connected = summary.collapsed_layers, not summary.disconnected
         if not connected:
             rank_zero_warn(
                 "PRUNED NETWORK IS DISCONNECTED: no path from input to output survives this mask, "
@@ -470,29 +455,16 @@ class PruningCallback(Callback):
                 )
             )
         rank_zero_info(
-            f"PruningCallback: kept {kept:,} of {total:,} prunable weights "
-            f"(sparsity {1 - kept / total:.4%})"
+            f"PruningCallback: kept {summary.kept:,} of {summary.total:,} prunable weights "
+            f"(sparsity {summary.global_sparsity:.4%})"
             + (f" in {result.seconds:.1f} s." if result is not None else ".")
         )
-        metrics = {"pruning/global_sparsity": 1 - kept / total}
-        metrics.update({f"pruning/kept_fraction/{n}": k / t for n, (k, t) in counts.items()})
-        saliency = summary["force_saliency"]
-        metrics.update({f"pruning/force_saliency_{v}": s for v, s in saliency.items()})
-        if result is not None:
-            metrics["pruning/mask_seconds"] = result.seconds
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            for record in result.steps if result is not None else []:
-                step_metrics = {
-                    "pruning/step/kept": sum(record.kept.values()) / total,
-                    "pruning/step/pruned": record.pruned / total,
-                    "pruning/step/recovered": record.recovered / total,
-                }
-                if record.saliency is not None:
-                    step_metrics["pruning/step/force_saliency"] = record.saliency
-                logger.log_metrics(step_metrics, step=record.step)
+            logger.log_metrics(summary.scalars(), step=trainer.global_step)
+            for step, metrics in summary.step_scalars():
+                logger.log_metrics(metrics, step=step)
         if self.log_figure:
-            self._log_figure(trainer, log_dir, counts)
+            self._log_figure(trainer, log_dir, summary.figure())
         self._write_summary(trainer, log_dir)
 
     def _write_summary(self, trainer: pl.Trainer, log_dir: str | None) -> None:
@@ -500,14 +472,10 @@ class PruningCallback(Callback):
         if log_dir is None or self.summary is None or not trainer.is_global_zero:
             return
         Path(log_dir).mkdir(parents=True, exist_ok=True)
-        (Path(log_dir) / "pruning.json").write_text(json.dumps(self.summary, indent=1))
+        (Path(log_dir) / "pruning.json").write_text(self.summary.to_json())
 
-    def _log_figure(
-        self, trainer: pl.Trainer, log_dir: str | None, counts: dict[str, tuple[int, int]]
-    ) -> None:
-        from pruning_lightning.analysis.figures import layer_density_figure
-
-        figure = layer_density_figure(counts, title=f"{self.method}, sparsity {self.sparsity}")
+    @staticmethod
+    def _log_figure(trainer: pl.Trainer, log_dir: str | None, figure: Any) -> None:
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_figure"):
@@ -517,36 +485,6 @@ class PruningCallback(Callback):
         if log_dir is not None:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             figure.savefig(Path(log_dir) / "kept_fraction_per_layer.png", dpi=120)
-
-    def _summary(
-        self,
-        counts: dict[str, tuple[int, int]],
-        collapsed: list[str],
-        connected: bool,
-        saliency: dict[str, float],
-        result: PruningResult | None,
-    ) -> dict[str, Any]:
-        """The content of pruning.json in the run's log dir: what the analysis commands read."""
-        return {
-            **{key.removeprefix("pruning/"): value for key, value in self.hparams().items()},
-            "mask_seconds": None if result is None else result.seconds,
-            "global_sparsity": 1
-            - sum(k for k, _ in counts.values()) / sum(t for _, t in counts.values()),
-            "layers": {name: {"kept": k, "total": t} for name, (k, t) in counts.items()},
-            "collapsed_layers": collapsed,
-            "disconnected": not connected,
-            "force_saliency": saliency,
-            "history": [
-                {
-                    "step": r.step,
-                    "kept": r.kept,
-                    "pruned": r.pruned,
-                    "recovered": r.recovered,
-                    "saliency": r.saliency,
-                }
-                for r in (result.steps if result is not None else [])
-            ],
-        }
 
     def _log_measured_sparsity(self, pl_module: pl.LightningModule, stage: str) -> None:
         """Sparsity read off the weights themselves: what a checkpoint really holds."""
@@ -595,10 +533,9 @@ def _broadcast_masks(masks: dict[str, Tensor]) -> None:
     """Overwrite every rank's masks with rank 0's, in place (one flat broadcast)."""
     flat = torch.cat([m.reshape(-1) for m in masks.values()]).to(torch.uint8)
     dist.broadcast(flat, src=0)
-    offset = 0
-    for mask in masks.values():
-        mask.copy_(flat[offset : offset + mask.numel()].view(mask.shape).bool())
-        offset += mask.numel()
+    parts = split_flat(flat, [m.shape for m in masks.values()])
+    for mask, part in zip(masks.values(), parts, strict=True):
+        mask.copy_(part.bool())
 
 
 def mask_checksum(masks: dict[str, Tensor]) -> Tensor:

@@ -1,0 +1,121 @@
+"""The options of a mask computation, validated once, before any model or data is touched."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.masks import fnmatch_patterns
+from pruning_lightning.pruning.progressive import SCHEDULES
+from pruning_lightning.pruning.registry import Criterion, criteria_list, get_criterion
+
+AMP_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """What to compute: ``method`` at ``sparsity``, and how.
+
+    Attributes:
+        method: a registered method (:func:`~pruning_lightning.pruning.registry.method_names`).
+        sparsity: fraction of prunable weights removed, in [0, 1); ``round((1-s) N)`` are kept.
+        steps: T of a progressive method; None = the method's default (FORCE and Iterative SNIP
+            60, SynFlow 100), resolved on construction, so ``steps`` is always an int afterwards.
+        schedule: ``"exp"`` or ``"linear"`` kept-count schedule of the progressive methods.
+        num_batches: batches per gradient (averaged); progressive methods draw them fresh each step.
+        seed: seeds the random scores, and (inside a forked RNG) dropout and the data order.
+        include: fnmatch patterns narrowing the prunable tensors.
+        exclude: fnmatch patterns removing prunable tensors.
+        temperature: GRASP's logit temperature (200 in the paper).
+        amp_dtype: run the forward passes under autocast with this dtype; scores stay float32.
+        input_shape: SynFlow's input shape of one example, e.g. ``(3, 32, 32)`` (default: taken
+            from the first batch of the data).
+    """
+
+    method: str
+    sparsity: float
+    steps: int | None = None
+    schedule: str = "exp"
+    num_batches: int = 1
+    seed: int = 0
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
+    temperature: float = 200.0
+    amp_dtype: torch.dtype | None = None
+    input_shape: tuple[int, ...] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        criterion = get_criterion(self.method)
+        sparsity, steps = self.sparsity, self.steps
+        if (
+            isinstance(sparsity, bool)
+            or not isinstance(sparsity, int | float)
+            or not math.isfinite(sparsity)
+            or not 0.0 <= sparsity < 1.0
+        ):
+            raise ConfigError(
+                f"sparsity must be a number in [0, 1) (the fraction of prunable weights removed, "
+                f"e.g. 0.995; 0 keeps everything), got {sparsity!r}."
+            )
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise ConfigError(
+                f"steps must be an integer >= 1 (the number of pruning iterations T), "
+                f"got {steps!r}."
+            )
+        if not criterion.progressive and steps is not None and steps > 1:
+            progressive = ", ".join(c.name for c in criteria_list() if c.progressive)
+            raise ConfigError(
+                f"steps={steps} only applies to the progressive methods ({progressive}); "
+                f"'{self.method}' is one-shot: leave steps unset (or 1), or pick a progressive "
+                "method."
+            )
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"Unknown schedule {self.schedule!r}. Choose one of: {', '.join(SCHEDULES)}."
+            )
+        if _not_int(self.num_batches) or self.num_batches < 1:
+            raise ConfigError(
+                f"num_batches must be an integer >= 1 (batches averaged per gradient), "
+                f"got {self.num_batches!r}."
+            )
+        if _not_int(self.seed):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}.")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+            raise ConfigError(
+                f"temperature must be a positive number (GRASP divides the logits by it; the "
+                f"paper uses 200), got {t!r}."
+            )
+        if self.amp_dtype is not None and self.amp_dtype not in AMP_DTYPES:
+            raise ConfigError(
+                f"amp_dtype must be None, torch.float16 or torch.bfloat16, got {self.amp_dtype!r}."
+            )
+        shape = self.input_shape
+        if shape is not None and (
+            isinstance(shape, str | bytes)
+            or not isinstance(shape, Sequence)
+            or not all(not _not_int(s) and s > 0 for s in shape)
+        ):
+            raise ConfigError(
+                f"input_shape must be the shape of one example as positive integers, e.g. "
+                f"(3, 32, 32), got {shape!r}."
+            )
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "steps", criterion.default_steps if steps is None else steps)
+        set_(self, "include", fnmatch_patterns("include", self.include))
+        set_(self, "exclude", fnmatch_patterns("exclude", self.exclude))
+        set_(self, "input_shape", None if shape is None else tuple(shape))
+
+    @property
+    def criterion(self) -> Criterion:
+        return get_criterion(self.method)
+
+
+def _not_int(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)

@@ -1,0 +1,97 @@
+"""One record per pruning method: everything the engine, the callback, the CLI, sweeps and figures
+need to know about it.
+
+Adding a method means writing its score function (see :mod:`pruning_lightning.pruning.criteria`)
+and registering one :class:`Criterion`; nothing else branches on method names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning import criteria
+from pruning_lightning.pruning.criteria import ScoreFactory
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A pruning method.
+
+    Attributes:
+        name: what ``--pruning.method`` and ``compute_masks(..., method)`` take.
+        score: builds the per-step score writer from a :class:`~criteria.ScoreContext`.
+        label: the name in figures and tables.
+        color: the method's colour in every figure.
+        needs_data: False for data-free methods (their masks are broadcast from rank 0 under DDP).
+        default_steps: T when the user sets none; 1 = one-shot.
+        progressive: whether T > 1 is meaningful (one-shot methods refuse or ignore it).
+        resurrect: whether a weight pruned at an earlier step may come back (FORCE ranks all
+            weights; Iterative SNIP and SynFlow rank only the ones still kept).
+        force_saliency_score: the score is ``|theta0 * dL/dw|`` at ``theta0 * m``, whose sum over a
+            mask is the FORCE saliency: recorded for free at each step.
+        score_dtype: dtype of the score buffer (float64 for SynFlow's products of many layers).
+    """
+
+    name: str
+    score: ScoreFactory
+    label: str
+    color: str
+    needs_data: bool = True
+    default_steps: int = 1
+    progressive: bool = False
+    resurrect: bool = True
+    force_saliency_score: bool = False
+    score_dtype: torch.dtype = torch.float32
+
+
+_CRITERIA: dict[str, Criterion] = {}
+
+
+def register(criterion: Criterion) -> Criterion:
+    """Add a method; its name must be new (use :func:`unregister` first to replace one)."""
+    if not isinstance(criterion, Criterion):
+        raise TypeError(f"register() takes a Criterion, got {type(criterion).__name__}")
+    if criterion.name in _CRITERIA or criterion.name == "dense":
+        raise ValueError(f"a pruning method named {criterion.name!r} exists already")
+    if criterion.default_steps < 1 or (criterion.default_steps > 1 and not criterion.progressive):
+        raise ValueError(f"{criterion.name}: default_steps > 1 needs progressive=True")
+    _CRITERIA[criterion.name] = criterion
+    return criterion
+
+
+def unregister(name: str) -> None:
+    _CRITERIA.pop(name, None)
+
+
+def get_criterion(name: object) -> Criterion:
+    """The record of ``name``; a ConfigError listing the methods for an unknown one."""
+    if isinstance(name, str) and name in _CRITERIA:
+        return _CRITERIA[name]
+    raise ConfigError(f"Unknown pruning method {name!r}. Choose one of: {', '.join(_CRITERIA)}.")
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method, in registration order (also the legend order of figures)."""
+    return tuple(_CRITERIA)
+
+
+def criteria_list() -> tuple[Criterion, ...]:
+    return tuple(_CRITERIA.values())
+
+
+# The built-in methods, in legend order (docs/METHODS.md defines each).
+register(Criterion("force", criteria.gradient_score, "FORCE", "#d62728", default_steps=60,
+                   progressive=True, resurrect=True, force_saliency_score=True))  # fmt: skip
+register(Criterion("iter_snip", criteria.gradient_score, "Iterative SNIP", "#ff7f0e",
+                   default_steps=60, progressive=True, resurrect=False,
+                   force_saliency_score=True))  # fmt: skip
+register(Criterion("snip", criteria.gradient_score, "SNIP", "#1f77b4", force_saliency_score=True))
+register(Criterion("grasp", criteria.grasp_score, "GRASP", "#2ca02c"))
+register(Criterion("random", criteria.random_score, "Random", "#7f7f7f", needs_data=False))
+register(Criterion("magnitude", criteria.magnitude_score, "Magnitude", "#8c564b", needs_data=False))
+register(Criterion("synflow", criteria.synflow_score, "SynFlow", "#9467bd", needs_data=False,
+                   default_steps=100, progressive=True, resurrect=False,
+                   score_dtype=torch.float64))  # fmt: skip
