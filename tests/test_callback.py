@@ -11,6 +11,7 @@ import torch
 from conftest import OPTIMIZERS, fit, pruned_weights, tiny_model
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from pruning_lightning import compute_masks
 from pruning_lightning.callback import PruningCallback
 from pruning_lightning.data import DigitsDataModule
 from pruning_lightning.errors import ConfigError
@@ -200,8 +201,24 @@ def test_saved_masks_round_trip(tmp_path):
 
 def test_early_pruning_prunes_after_dense_steps(tmp_path):
     callback = PruningCallback(method="magnitude", sparsity=0.5, prune_after_steps=2)
-    trainer, model = fit(tmp_path, callback, limit_train_batches=5)
+    seen = {}
+
+    class Snapshot(pl.Callback):  # the weights at the start of the third step, before pruning
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                seen.update({k: v.detach().clone() for k, v in pl_module.named_parameters()})
+
+    initial = {k: v.detach().clone() for k, v in tiny_model().named_parameters()}
+    trainer, model = fit(
+        tmp_path, callback, limit_train_batches=5, callbacks=[Snapshot(), callback]
+    )
     assert callback.masks is not None
+    # the mask is the magnitude mask of the weights after two dense steps, not of theta_init
+    assert all(not torch.equal(seen[n], initial[n]) for n in callback.masks)  # they moved
+    trained = tiny_model()
+    trained.load_state_dict({**trained.state_dict(), **seen})
+    expected = compute_masks(trained, None, "magnitude", 0.5)
+    assert all(torch.equal(callback.masks[n].cpu(), expected[n]) for n in expected)
     assert torch.count_nonzero(pruned_weights(model, callback.masks)) == 0
     optimizer_state = trainer.optimizers[0].state
     params = dict(model.named_parameters())

@@ -230,3 +230,11 @@ def test_synflow_is_data_free_and_uses_eval_mode():
     ).masks
     reference = global_topk_masks(synflow_scores(net, (3, 6, 6)), round(0.1 * 236))
     assert all(torch.equal(one[n], reference[n]) for n in one)
+    # eval mode: BatchNorm normalises with its running statistics (in train mode, a batch of one
+    # constant image would have zero variance and the conv scores would not see running_var)
+    before = synflow_scores(net, (3, 6, 6))["0.weight"]
+    with torch.no_grad():
+        net[1].running_var.fill_(4.0)
+    after = synflow_scores(net, (3, 6, 6))["0.weight"]
+    assert torch.allclose(after, before / 2, rtol=1e-4)  # 1 / sqrt(var + eps): halved
+    assert net.training  # the model's own mode is left alone

@@ -103,6 +103,14 @@ def test_seed_fixes_dropout_and_data_order():
     a = prune(net, loader, "force", seed=5).masks
     b = prune(net, loader, "force", seed=5).masks
     assert all(torch.equal(a[n], b[n]) for n in a)
+    # the seed is what fixes them: another seed shuffles the data (and drops units) otherwise
+    c = prune(net, loader, "force", seed=6).masks
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+    # on fixed batches only dropout is random: the seed still decides the mask
+    fixed = batches(3)
+    d, e = prune(net, fixed, "snip", seed=1).masks, prune(net, fixed, "snip", seed=2).masks
+    assert any(not torch.equal(d[n], e[n]) for n in d)
+    assert all(torch.equal(d[n], m) for n, m in prune(net, fixed, "snip", seed=1).masks.items())
 
 
 def test_result_fields_and_compute_masks():

@@ -382,9 +382,11 @@ def test_malformed_pruning_json_exits_2_with_a_clear_message(
 
 
 def test_empty_run_folder_exits_2(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["accuracy", "--runs", str(tmp_path), "--out", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 2
     assert "No finished run" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
 
 
 # -- a real tiny progressive run ------------------------------------------------------------------

@@ -229,6 +229,9 @@ def test_init_weights_kaiming_normal_fan_in():
         # PyTorch's default init has std 1/sqrt(3 fan_in), 2.45x smaller: 3% tolerance suffices.
         assert m.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.03)
         assert abs(m.weight.mean().item()) < 0.01 * math.sqrt(2 / fan_in)  # >100k samples
+        # normal, not uniform (kaiming_uniform_ has the same std but no tail beyond 1.73 std)
+        tail = (m.weight.abs() > 2 * math.sqrt(2 / fan_in)).float().mean().item()
+        assert tail == pytest.approx(0.0455, abs=0.006)
         assert torch.equal(m.bias, torch.zeros_like(m.bias))
     assert torch.equal(bn.weight, torch.ones(8)) and torch.equal(bn.bias, torch.zeros(8))
 
