@@ -51,6 +51,7 @@ class ScoreContext:
     net: MaskedNetwork | None
     stream: BatchStream | None
     grad_reduce: GradReduce | None = None
+    record: bool = False  # a step may return the FORCE saliency of m_{t-1} it gets on the way
 
     @property
     def theta0(self) -> list[Tensor]:
@@ -77,15 +78,28 @@ ScoreFactory = Callable[[ScoreContext], ScoreFn]
 
 def gradient_score(ctx: ScoreContext) -> ScoreFn:
     """SNIP, Iterative SNIP, FORCE: ``|theta0 * dL/dw|`` at ``theta0 * m_{t-1}`` (the FORCE
-    saliency's terms)."""
-    theta0 = ctx.theta0
+    saliency's terms).
 
-    def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> None:
+    When recording, the step also returns S(m_{t-1}) = the sum of those terms over m_{t-1}, taken
+    as the sum of ``|w * dL/dw|`` over the effective weights ``w = theta0 * m_{t-1}`` (zero where
+    pruned) before the scores overwrite them: three in-place passes, no mask-sized temporary.
+    """
+    theta0 = ctx.theta0
+    assert ctx.net is not None
+    weights = ctx.net.weights
+
+    def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> float | None:
         grads = ctx.gradients(prev)
+        saliency = None
         with torch.no_grad():
+            if ctx.record and prev is not None:
+                saliency = 0.0
+                for w, g in zip(weights, grads, strict=True):
+                    saliency += float(w.mul_(g).abs_().sum())  # float32, pairwise
             for v, th, g in zip(views, theta0, grads, strict=True):
                 torch.mul(th, g, out=v)
                 v.abs_()
+        return saliency
 
     return step
 

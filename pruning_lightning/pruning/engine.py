@@ -113,7 +113,7 @@ def run_pruning(
                 net = MaskedNetwork(
                     model, prunable, loss_fn=loss_fn, amp_dtype=config.amp_dtype, flat=flat
                 )
-            ctx = ScoreContext(model, prunable, config, net, stream, grad_reduce)
+            ctx = ScoreContext(model, prunable, config, net, stream, grad_reduce, record)
             final_saliency = None
             if net is not None:
 
@@ -130,7 +130,6 @@ def run_pruning(
                 resurrect=criterion.resurrect,
                 dtype=criterion.score_dtype,
                 record=record,
-                score_is_saliency=criterion.force_saliency_score,
                 final_saliency=final_saliency,
                 progress=report,
                 buffer=net.flat if net is not None and criterion.force_saliency_score else None,

@@ -18,8 +18,10 @@ from pruning_lightning.pruning.masks import TopKSelector, check_finite
 
 SCHEDULES = ("exp", "linear")
 
-# score_fn(step, previous mask per tensor or None for m_0, score views to fill in place)
-ScoreFn = Callable[[int, list[Tensor] | None, list[Tensor]], None]
+# score_fn(step, previous mask per tensor or None for m_0, score views to fill in place) -> the
+# FORCE saliency S(m_{t-1}) when the step computed it on the way (free for gradient criteria),
+# else None
+ScoreFn = Callable[[int, list[Tensor] | None, list[Tensor]], float | None]
 ProgressFn = Callable[[int, int], None]
 
 
@@ -62,17 +64,16 @@ def run_steps(
     resurrect: bool,
     dtype: torch.dtype = torch.float32,
     record: bool = False,
-    score_is_saliency: bool = False,
     final_saliency: Callable[[list[Tensor]], float] | None = None,
     progress: ProgressFn | None = None,
     buffer: Tensor | None = None,
 ) -> tuple[list[Tensor], list[StepRecord]]:
     """Run the steps; return the final mask (flat-buffer views, per tensor) and the records.
 
-    ``resurrect=False`` ranks only the weights kept in m_{t-1}. ``score_is_saliency``: the
-    scores are ``|theta0 * dL/dw|`` at ``theta0 * m_{t-1}``, so S(m_{t-1}) is their sum over
-    m_{t-1} (free); ``final_saliency`` computes S of the last mask (one more pass). All of it
-    only when ``record``. ``buffer``: a flat score buffer to reuse (see TopKSelector).
+    ``resurrect=False`` ranks only the weights kept in m_{t-1}. With ``record``, a saliency the
+    score function returns for m_{t-1} goes into step t-1's record, and ``final_saliency``
+    computes S of the last mask (one more pass). ``buffer``: a flat score buffer to reuse (see
+    TopKSelector).
     """
     total = sum(s.numel() for s in shapes)
     selector = TopKSelector(total, device, dtype, scores=buffer)
@@ -85,14 +86,15 @@ def run_steps(
     records: list[StepRecord] = []
     for t, k in enumerate(kept, 1):
         prev_views = None if prev is None else selector.views(shapes, prev)
-        score_fn(t, prev_views, score_views)
+        saliency = score_fn(t, prev_views, score_views)
         check_finite(selector.scores, method)
-        if record and score_is_saliency and prev is not None:
-            records[-1].saliency = _masked_sum(selector.scores, prev)
         cur = buffers[t % len(buffers)]
         selector.select(k, cur, allowed=None if resurrect or prev is None else prev)
         if record:
-            records.append(_record(t, names, selector.views(shapes, cur), cur, prev))
+            if saliency is not None and records:
+                records[-1].saliency = saliency
+            n_prev = sum(records[-1].kept.values()) if records else total
+            records.append(_record(t, names, selector.views(shapes, cur), cur, prev, n_prev))
         prev = cur
         if progress is not None:
             progress(t, len(kept))
@@ -103,21 +105,20 @@ def run_steps(
     return final, records
 
 
-def _masked_sum(scores: Tensor, mask: Tensor) -> float:
-    zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
-    return float(torch.where(mask, scores, zero).sum(dtype=torch.float64))
-
-
 def _record(
-    t: int, names: Sequence[str], views: list[Tensor], cur: Tensor, prev: Tensor | None
+    t: int,
+    names: Sequence[str],
+    views: list[Tensor],
+    cur: Tensor,
+    prev: Tensor | None,
+    n_prev: int,
 ) -> StepRecord:
     counts = torch.stack([torch.count_nonzero(v) for v in views]).tolist()
     n_cur = sum(counts)
     if prev is None:  # m_0 keeps everything
-        common, n_prev = n_cur, cur.numel()
+        common = n_cur
     else:
         common = int(torch.count_nonzero(prev & cur))
-        n_prev = int(torch.count_nonzero(prev))
     return StepRecord(
         step=t,
         kept=dict(zip(names, counts, strict=True)),
