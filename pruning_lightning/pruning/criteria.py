@@ -29,6 +29,7 @@ from pruning_lightning.pruning.saliency import (
     _split_batch,
     _to_device,
     batch_mean,
+    effective_saliency_,
     load_masked,
     module_modes,
 )
@@ -80,9 +81,8 @@ def gradient_score(ctx: ScoreContext) -> ScoreFn:
     """SNIP, Iterative SNIP, FORCE: ``|theta0 * dL/dw|`` at ``theta0 * m_{t-1}`` (the FORCE
     saliency's terms).
 
-    When recording, the step also returns S(m_{t-1}) = the sum of those terms over m_{t-1}, taken
-    as the sum of ``|w * dL/dw|`` over the effective weights ``w = theta0 * m_{t-1}`` (zero where
-    pruned) before the scores overwrite them: three in-place passes, no mask-sized temporary.
+    When recording, the step also returns S(m_{t-1}), the sum of those terms over m_{t-1}, from
+    the effective weights before the scores overwrite them (:func:`effective_saliency_`).
     """
     theta0 = ctx.theta0
     assert ctx.net is not None
@@ -92,10 +92,8 @@ def gradient_score(ctx: ScoreContext) -> ScoreFn:
         grads = ctx.gradients(prev)
         saliency = None
         with torch.no_grad():
-            if ctx.record and prev is not None:
-                saliency = 0.0
-                for w, g in zip(weights, grads, strict=True):
-                    saliency += float(w.mul_(g).abs_().sum())  # float32, pairwise
+            if ctx.record and prev is not None:  # before the scores overwrite the weights
+                saliency = effective_saliency_(weights, grads)
             for v, th, g in zip(views, theta0, grads, strict=True):
                 torch.mul(th, g, out=v)
                 v.abs_()
