@@ -82,11 +82,11 @@ class PruningSummary:
 
     @property
     def kept(self) -> int:
-        return sum(entry["kept"] for entry in self.layers.values())
+        return kept_total(self.counts)[0]
 
     @property
     def total(self) -> int:
-        return sum(entry["total"] for entry in self.layers.values())
+        return kept_total(self.counts)[1]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
