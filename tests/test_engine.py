@@ -161,6 +161,35 @@ def test_generator_that_runs_out():
         prune(conv_net(dropout=True), gen, "force", steps=3)
 
 
+@pytest.mark.parametrize("method", ["force", "grasp", "snip"])
+def test_at_most_one_batch_on_the_device(monkeypatch, method):
+    # stand-in for a GPU: every move to "the device" makes a copy whose lifetime we track;
+    # when the net runs, only the batch it is running on may still be alive
+    import weakref
+
+    from pruning_lightning.pruning import saliency
+
+    alive: list[weakref.ref] = []
+
+    def to_device(batch, device):
+        x, y = batch[0].clone(), batch[1].clone()
+        alive.append(weakref.ref(x))
+        return x, y
+
+    monkeypatch.setattr(saliency, "_to_device", to_device)
+    net = conv_net(dropout=True)
+    on_device = []
+    net.register_forward_pre_hook(
+        lambda m, args: on_device.append(sum(r() is not None for r in alive))
+    )
+    steps = 3 if method == "force" else None
+    prune(net, batches(8), method, steps=steps, num_batches=4, record=True)
+    # + 4 for the recorded saliency of the final mask; GRASP passes twice over its 4 batches
+    expected_moves = {"force": 3 * 4 + 4, "grasp": 2 * 4 + 4, "snip": 4 + 4}[method]
+    assert len(alive) == expected_moves
+    assert on_device and max(on_device) == 1
+
+
 # --- hooks: grad_reduce, progress -------------------------------------------------------------
 
 

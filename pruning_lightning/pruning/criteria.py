@@ -58,11 +58,12 @@ class ScoreContext:
     def theta0(self) -> list[Tensor]:
         return [p.detach() for p in self.prunable.values()]
 
-    def batches(self) -> list[tuple[Tensor, Tensor]]:
-        """The next ``num_batches`` fresh batches."""
+    def batches(self, replay: bool = False) -> Iterable[tuple[Tensor, Tensor]]:
+        """The next ``num_batches`` fresh batches, moved to the device one at a time
+        (``replay``: re-iterable, see :meth:`BatchStream.take`)."""
         if self.stream is None:
             raise ConfigError(f"method '{self.config.method}' needs data.")
-        return self.stream.take(self.config.num_batches)
+        return self.stream.take(self.config.num_batches, replay=replay)
 
     def gradients(self, masks: Sequence[Tensor] | None) -> list[Tensor]:
         """dL/dw at ``theta0 * m`` on fresh batches, averaged (and all-reduced under DDP)."""
@@ -108,7 +109,9 @@ def grasp_score(ctx: ScoreContext) -> ScoreFn:
     assert ctx.net is not None
 
     def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> None:
-        hg = grasp_hessian_gradient(ctx.net, ctx.batches(), ctx.config.temperature, ctx.grad_reduce)
+        hg = grasp_hessian_gradient(
+            ctx.net, ctx.batches(replay=True), ctx.config.temperature, ctx.grad_reduce
+        )
         with torch.no_grad():
             for v, th, h in zip(views, theta0, hg, strict=True):
                 torch.mul(th, h, out=v)
@@ -165,7 +168,7 @@ def random_scores(numel: int, seed: int) -> Tensor:
 
 def grasp_hessian_gradient(
     net: MaskedNetwork,
-    batches: Sequence[tuple[Tensor, Tensor]],
+    batches: Iterable[tuple[Tensor, Tensor]],
     temperature: float,
     grad_reduce: GradReduce | None = None,
 ) -> list[Tensor]:
@@ -173,6 +176,7 @@ def grasp_hessian_gradient(
 
     Hg comes from a second backward of ``g_detached . dL/dw`` (g fixed, the gradient built with
     ``create_graph``), one batch at a time, averaged. ``grad_reduce`` sees g, then Hg.
+    ``batches`` is iterated twice (a list, or a replaying :meth:`BatchStream.take`).
     """
     net.load(None)
     g = net.gradients(batches, temperature)

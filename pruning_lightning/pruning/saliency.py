@@ -75,7 +75,8 @@ class BatchStream:
         self.passes += 1
         return iter(self.data)
 
-    def next(self) -> tuple[Tensor, Tensor]:
+    def _draw(self) -> tuple[Tensor, Tensor]:
+        """The next batch as the loader yields it (host memory, pinned if the loader pins)."""
         if self._it is None:
             self._it = self._start_pass()
         try:
@@ -92,10 +93,36 @@ class BatchStream:
                     "DataLoader or a list (a generator can be iterated only once)."
                 ) from None
         self.drawn += 1
-        return _to_device(_split_batch(batch), self.device)
+        return _split_batch(batch)
 
-    def take(self, n: int) -> list[tuple[Tensor, Tensor]]:
-        return [self.next() for _ in range(n)]
+    def next(self) -> tuple[Tensor, Tensor]:
+        """The next batch, on the device."""
+        return _to_device(self._draw(), self.device)
+
+    def take(self, n: int, replay: bool = False) -> Iterable[tuple[Tensor, Tensor]]:
+        """The next ``n`` batches, each moved to the device only when the consumer reaches it.
+
+        So at most one batch (its inputs and activations) sits on the device at a time: 40
+        ImageNet batches of 256 would be ~6 GB of inputs alone. ``replay``: a re-iterable
+        collection that keeps the host copies, for a criterion that passes over the same
+        batches twice (GRASP); otherwise a one-shot iterator that keeps nothing.
+        """
+        if replay:
+            return _Replay([self._draw() for _ in range(n)], self.device)
+        return (self.next() for _ in range(n))
+
+
+class _Replay:
+    """Host batches moved to the device one at a time, on every iteration."""
+
+    def __init__(self, batches: list[tuple[Tensor, Tensor]], device: torch.device) -> None:
+        self.batches, self.device = batches, device
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return (_to_device(b, self.device) for b in self.batches)
 
 
 def seeded_loader(
@@ -174,7 +201,7 @@ class MaskedNetwork:
         return loss.float()
 
     def gradients(
-        self, batches: Sequence[tuple[Tensor, Tensor]], temperature: float = 1.0
+        self, batches: Iterable[tuple[Tensor, Tensor]], temperature: float = 1.0
     ) -> list[Tensor]:
         """dL/dw averaged over ``batches`` (one backward per batch, so memory stays flat)."""
         return batch_mean(self._gradient(x, y, temperature) for x, y in batches)
@@ -275,7 +302,7 @@ def force_saliency_views(
 
 def saliency_views(
     net: MaskedNetwork,
-    batches: Sequence[tuple[Tensor, Tensor]],
+    batches: Iterable[tuple[Tensor, Tensor]],
     masks: Sequence[Tensor],
     grad_reduce: Callable[[list[Tensor]], None] | None = None,
 ) -> dict[str, float]:
