@@ -9,6 +9,7 @@ within its split (mod 256), blue = 128. ``decode_label`` inverts the red channel
   of a split has label ``i % num_classes``.
 - ``make_cifar_folder``: ``train/<class>/NNNN.png`` and ``test/<class>/NNNN.png`` (ImageFolder).
 - ``make_tiny_imagenet``: the official ``tiny-imagenet-200/`` layout with JPEGs, one grayscale.
+- ``make_imagenet``: ImageNet's class-folder layout, or its three official archives.
 """
 
 from __future__ import annotations
@@ -200,3 +201,102 @@ def make_tiny_imagenet(
             lines.append(f"{name}\t{wnid}\t0\t0\t63\t63\n")
     (folder / "val" / "val_annotations.txt").write_text("".join(lines))
     return folder
+
+
+IMAGENET_WNIDS = ("n01440764", "n01443537", "n01484850")
+
+
+def make_imagenet(
+    root: str | Path,
+    layout: str = "folders",
+    wnids: Sequence[str] = IMAGENET_WNIDS,
+    per_class: int = 4,
+    val_per_class: int = 2,
+    size: tuple[int, int] = (40, 32),
+) -> Path:
+    """Write a miniature ImageNet (JPEGs of ``size`` = (width, height)) and return ``root``.
+
+    ``layout="folders"``: ``train/<wnid>/<wnid>_<k>.JPEG`` and
+    ``val/<wnid>/ILSVRC2012_val_<n>.JPEG`` (what the val-prep script makes).
+    ``layout="archives"``: the three official archives, built as ImageNet ships them:
+    ``ILSVRC2012_devkit_t12.tar.gz`` (``data/meta.mat`` with one leaf synset per wnid plus one
+    parent synset, and ``data/ILSVRC2012_validation_ground_truth.txt``),
+    ``ILSVRC2012_img_train.tar`` holding one ``<wnid>.tar`` per class, and a flat
+    ``ILSVRC2012_img_val.tar``. Their md5s are not the official ones: patch torchvision's check.
+    Labels are positions in ``sorted(wnids)``; val images cycle through the classes.
+    """
+    import io
+    import tarfile
+
+    from scipy.io import savemat
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(wnids)
+    n = len(ordered)
+
+    def jpeg(label: int, index: int) -> bytes:
+        pixels = flat_image(label, index, n, size=max(size))[: size[1], : size[0]]
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+        return buffer.getvalue()
+
+    train = {
+        w: {f"{w}_{k}.JPEG": jpeg(c, k) for k in range(per_class)} for c, w in enumerate(ordered)
+    }
+    val_labels = [i % n for i in range(val_per_class * n)]
+    val = {f"ILSVRC2012_val_{i + 1:08d}.JPEG": jpeg(y, i) for i, y in enumerate(val_labels)}
+    if layout == "folders":
+        for wnid, files in train.items():
+            (root / "train" / wnid).mkdir(parents=True)
+            for name, data in files.items():
+                (root / "train" / wnid / name).write_bytes(data)
+        for (name, data), label in zip(val.items(), val_labels, strict=True):
+            (root / "val" / ordered[label]).mkdir(parents=True, exist_ok=True)
+            (root / "val" / ordered[label] / name).write_bytes(data)
+        return root
+    if layout != "archives":
+        raise ValueError(f"layout must be 'folders' or 'archives', got {layout!r}")
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    def tar_bytes(files: dict[str, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, data in files.items():
+                add(tar, name, data)
+        return buffer.getvalue()
+
+    # devkit: synsets (ILSVRC2012_ID, WNID, words, gloss, num_children, ...), leaves 1..n
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children"]
+    synsets = np.zeros((n + 1,), dtype=[(f, object) for f in fields])
+    for i, wnid in enumerate(ordered):
+        synsets[i] = (i + 1, wnid, f"class {wnid}, stand-in", "a test class", 0)
+    synsets[n] = (n + 1, "n00000001", "parent", "an inner node of the hierarchy", n)
+    mat = io.BytesIO()
+    savemat(mat, {"synsets": synsets})
+    truth = "".join(f"{y + 1}\n" for y in val_labels).encode()
+    with tarfile.open(root / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        add(tar, "ILSVRC2012_devkit_t12/data/meta.mat", mat.getvalue())
+        add(tar, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth)
+    (root / "ILSVRC2012_img_train.tar").write_bytes(
+        tar_bytes({f"{w}.tar": tar_bytes(files) for w, files in train.items()})
+    )
+    (root / "ILSVRC2012_img_val.tar").write_bytes(tar_bytes(val))
+    return root
+
+
+def presence_only_imagenet_archives() -> None:
+    """Make torchvision's ImageNet parser accept the fixture archives (it checks official md5s)."""
+    import os
+
+    import torchvision.datasets.imagenet as tv_imagenet
+
+    def verify(root: str, file: str, md5: str) -> None:
+        if not os.path.isfile(os.path.join(root, file)):
+            raise RuntimeError(f"The archive {file} is not present in the root directory.")
+
+    tv_imagenet._verify_archive = verify

@@ -302,7 +302,7 @@ def test_tiny_imagenet_eval_normalisation(tmp_path):
     dm = TinyImageNetDataModule(data_dir=str(tmp_path), num_workers=0)
     dm.setup("test")
     x, y = dm.test_dataset[2]
-    path = dm.test_dataset.base.samples[2][0]
+    path = str(dm.test_dataset.base.paths[2])
     raw = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
     mean, std = torch.tensor(TINY_IMAGENET_MEAN), torch.tensor(TINY_IMAGENET_STD)
     expected = (raw.float() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)

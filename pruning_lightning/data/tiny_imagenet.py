@@ -12,11 +12,10 @@ from pathlib import Path
 from urllib.error import URLError
 
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.utils import download_and_extract_archive
 
-from pruning_lightning.data.base import ImageDataModule, check_image_headers, load_rgb
+from pruning_lightning.data.base import ImageDataModule, ImageList, check_image_headers
 from pruning_lightning.errors import ConfigError
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -25,20 +24,6 @@ TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
 TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
 TINY_IMAGENET_STD = (0.2770, 0.2691, 0.2821)
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-
-
-class ImageList(Dataset):
-    """``(RGB PIL image, label)`` read lazily from a list of ``(path, label)`` pairs."""
-
-    def __init__(self, samples: list[tuple[str, int]]) -> None:
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
-        path, label = self.samples[i]
-        return load_rgb(path), label
 
 
 class TinyImageNetDataModule(ImageDataModule):

@@ -3,8 +3,9 @@
 Every builder takes ``(num_classes, in_channels, image_size, width)`` and returns a network whose
 output is the logits, shape ``(batch, num_classes)``, with weights from :func:`init_weights`.
 Its prunable tensors are the ``.weight`` of every ``nn.Conv2d`` and ``nn.Linear``; the classifier
-is the module named ``classifier`` in every backbone. The builders trust their arguments:
-:func:`build_backbone` is the validated entry point.
+is the module named ``classifier`` in every backbone. The ``*_imagenet`` backbones are
+torchvision's ImageNet networks (see imagenet.py); they have a fixed width. The builders trust
+their arguments: :func:`build_backbone` is the validated entry point.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from collections.abc import Callable
 from torch import nn
 
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.models.imagenet import (
+    resnet18_imagenet,
+    resnet50_imagenet,
+    vgg16_bn_imagenet,
+    vgg19_bn_imagenet,
+)
 from pruning_lightning.models.init import init_weights
 from pruning_lightning.models.mobilenet import mobilenetv2
 from pruning_lightning.models.resnet import resnet18, resnet34, resnet50, resnet110
@@ -27,7 +34,14 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "vgg16": vgg16,
     "vgg19": vgg19,
     "mobilenetv2": mobilenetv2,
+    "resnet18_imagenet": resnet18_imagenet,
+    "resnet50_imagenet": resnet50_imagenet,
+    "vgg16_bn_imagenet": vgg16_bn_imagenet,
+    "vgg19_bn_imagenet": vgg19_bn_imagenet,
 }
+
+#: torchvision's ImageNet networks: their width is fixed (``width`` must stay None).
+FIXED_WIDTH = frozenset(n for n in BACKBONES if n.endswith("_imagenet"))
 
 # The smallest image_size each net accepts: its total downsampling (the product of its stride-2
 # steps), so every stride-2 step halves a map of at least 2x2 and the last stage is at least 1x1.
@@ -40,6 +54,11 @@ MIN_IMAGE_SIZE: dict[str, int] = {
     "vgg16": 1,
     "vgg19": 1,
     "mobilenetv2": 8,
+    # stem stride 2 + max-pool + three stride-2 stages (ResNet) or five max-pools (VGG)
+    "resnet18_imagenet": 32,
+    "resnet50_imagenet": 32,
+    "vgg16_bn_imagenet": 32,
+    "vgg19_bn_imagenet": 32,
 }
 
 
@@ -72,6 +91,11 @@ def build_backbone(
     _require_int("num_classes", num_classes, 2, "set it to the number of classes of the dataset")
     _require_int("in_channels", in_channels, 1, "use 3 for RGB images or 1 for grayscale")
     _require_int("image_size", image_size, 1, "set it to the height (= width) of the images")
+    if width is not None and name in FIXED_WIDTH:
+        raise ConfigError(
+            f"{name} is torchvision's ImageNet network, whose width is fixed: leave "
+            "--model.width unset (null), or pick a CIFAR backbone to scale the width."
+        )
     if width is not None:
         _require_int("width", width, 1, f"leave it null for the published width of {name}")
     minimum = MIN_IMAGE_SIZE[name]
@@ -86,4 +110,4 @@ def build_backbone(
     )
 
 
-__all__ = ["BACKBONES", "MIN_IMAGE_SIZE", "build_backbone", "init_weights"]
+__all__ = ["BACKBONES", "FIXED_WIDTH", "MIN_IMAGE_SIZE", "build_backbone", "init_weights"]
