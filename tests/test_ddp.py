@@ -43,6 +43,13 @@ def test_ranks_share_the_mask_and_weights(tmp_path, method):
     # parameters, not BN buffers: DDP keeps gradients in sync, running stats stay per rank
     for name, weight in rank0["weights"].items():
         assert torch.equal(weight, rank1["weights"][name]), name
+    # each rank scores only its shard: num_batches = 2 batches of 16 per rank and step (+ the
+    # saliency of the final mask), disjoint across ranks, so per rank = total / world size
+    if method == "synflow":  # data-free: rank 0's mask is broadcast, no shard is scored
+        return
+    seen0, seen1 = rank0["pruning_images"], rank1["pruning_images"]
+    assert len(seen0) == len(seen1) == (3 * 2 + 2) * 16
+    assert len(set(seen0)) == len(seen0) and not set(seen0) & set(seen1)
 
 
 def test_mismatched_masks_fail_loudly(tmp_path):
