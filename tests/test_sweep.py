@@ -220,6 +220,27 @@ def test_slurm_writes_an_array_over_the_runs_with_lightnings_ddp_settings(tmp_pa
     assert (tmp_path / "srun.log").read_text().splitlines() == shlex.split(commands[3])
 
 
+def test_slurm_array_for_the_imagenet_config(tmp_path, capsys):
+    # the README's cluster command: 2 nodes of 8 GPUs, per-device batch 256 / 16
+    config = Path(__file__).parents[1] / "configs" / "imagenet_resnet50.yaml"
+    args = [
+        "--config", str(config), "--methods", "iter_snip", "force", "--sparsities", "0.95",
+        "--seeds", "0", "--devices", "8", "--num-nodes", "2", "--set", "data.batch_size=16",
+        "--set", "data.data_dir=/datasets/imagenet", "--out", str(tmp_path / "sweep"), "--slurm",
+    ]  # fmt: skip
+    assert main(args) == 0
+    script = (tmp_path / "sweep" / "slurm" / "sweep.sbatch").read_text()
+    for line in ("--array=0-1", "--nodes=2", "--ntasks-per-node=8", "--gres=gpu:8"):
+        assert line in script
+    commands = (tmp_path / "sweep" / "slurm" / "commands.txt").read_text().splitlines()
+    for command, method in zip(commands, ["iter_snip", "force"], strict=True):
+        tokens = shlex.split(command)
+        assert tokens[tokens.index("--config") + 1] == str(config)
+        assert tokens[tokens.index("--pruning.method") + 1] == method
+        assert tokens[tokens.index("--data.batch_size") + 1] == "16"
+        assert tokens[tokens.index("--trainer.num_nodes") + 1] == "2"
+
+
 def test_slurm_script_without_gpus_has_no_gres():
     script = slurm_script(["a", "b", "c"], ["r", "s", "t"], Path("l"), Path("/w"), gpus=False)
     assert "--array=0-2" in script and "gres" not in script
