@@ -17,6 +17,11 @@ with ``torch.cuda.max_memory_allocated``.
 
     python benchmarks/mask_time.py --arch resnet50 vgg19 --steps 60 --batch-size 128 \\
         --sparsity 0.995 --device cpu --threads 2
+
+At ImageNet scale (torchvision's ResNet-50, 25.5M weights, 1000 classes), reduced to fit a CPU:
+
+    python benchmarks/mask_time.py --arch resnet50_imagenet --num-classes 1000 \\
+        --image-size 112 --batch-size 32 --steps 10 --num-batches 2 --sparsity 0.95
 """
 
 from __future__ import annotations
@@ -46,23 +51,27 @@ def setup(args: argparse.Namespace, arch: str):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = build_backbone(arch, num_classes=10, width=args.width).to(device)
-    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    size, classes = args.image_size, args.num_classes
+    model = build_backbone(arch, classes, image_size=size, width=args.width).to(device)
+    x = torch.randn(args.batch_size, 3, size, size, device=device)
+    y = torch.randint(0, classes, (args.batch_size,), device=device)
     return model, x, y, device
 
 
 def saliency_data(args: argparse.Namespace) -> DataLoader:
     """Enough CPU images for T steps and the last saliency pass, in the callback's loader."""
-    n = (args.steps + 1) * args.batch_size
-    images, labels = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
+    n = (args.steps + 1) * args.num_batches * args.batch_size
+    size = args.image_size
+    images, labels = torch.randn(n, 3, size, size), torch.randint(0, args.num_classes, (n,))
     loader = DataLoader(TensorDataset(images, labels), batch_size=args.batch_size)
     return seeded_loader(loader, seed=0)
 
 
 def fit_masks(model, data, method: str, args: argparse.Namespace, steps: int) -> float:
     """Seconds of the callback's mask computation, as `fit` runs it."""
-    callback = PruningCallback(method=method, sparsity=args.sparsity, steps=steps, seed=0)
+    callback = PruningCallback(
+        method=method, sparsity=args.sparsity, steps=steps, num_batches=args.num_batches, seed=0
+    )
     return callback.compute(model, data).seconds
 
 
@@ -143,6 +152,8 @@ def measure_memory(args: argparse.Namespace, arch: str, what: str) -> float:
         sys.executable, __file__, "--worker", what, "--arch", arch, "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--sparsity", str(args.sparsity),
         "--device", args.device, "--threads", str(args.threads),
+        "--image-size", str(args.image_size), "--num-classes", str(args.num_classes),
+        "--num-batches", str(args.num_batches),
         *(["--width", str(args.width)] if args.width else []),
     ]  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -160,6 +171,11 @@ def main() -> None:
     parser.add_argument(
         "--width", type=int, default=None, help="backbone width (default: the paper's)"
     )
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument(
+        "--num-batches", type=int, default=1, help="batches per saliency step (floor: T x this)"
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=method_names())
     parser.add_argument("--repeats", type=int, default=3, help="rounds of floor + masks")
     parser.add_argument("--worker", choices=("dense", *method_names()), help=argparse.SUPPRESS)
@@ -170,11 +186,13 @@ def main() -> None:
 
     print(
         f"device={args.device} threads={args.threads} batch={args.batch_size} "
-        f"T={args.steps} sparsity={args.sparsity} width={args.width} torch={torch.__version__} "
+        f"T={args.steps} num_batches={args.num_batches} image={args.image_size} "
+        f"classes={args.num_classes} sparsity={args.sparsity} width={args.width} "
+        f"torch={torch.__version__} "
         f"load average (1 min)={os.getloadavg()[0]:.2f}"
     )
     header = (
-        f"{'arch':<10} {'method':<10} {'mask s':>8} {'floor s':>8} {'ratio':>6} "
+        f"{'arch':<18} {'method':<10} {'mask s':>8} {'floor s':>8} {'ratio':>6} "
         f"{'median (min-max)':>22} {'peak MiB':>9} {'dense MiB':>9} {'mem ratio':>9}"
     )
     print(header)
@@ -190,7 +208,7 @@ def main() -> None:
         ratios = {method: [] for method in args.methods}
         floors = []
         for _ in range(args.repeats):
-            floor = floor_time(model, x, y, device, args.steps)
+            floor = floor_time(model, x, y, device, args.steps * args.num_batches)
             floors.append(floor)
             for method in args.methods:
                 elapsed = fit_masks(model, data, method, args, args.steps)
@@ -204,7 +222,7 @@ def main() -> None:
             spread = f"{statistics.median(r):.3f} ({min(r):.3f}-{max(r):.3f})"
             best, floor = min(seconds[method]), min(floors)
             print(
-                f"{arch:<10} {method:<10} {best:>8.2f} {floor:>8.2f} {best / floor:>6.3f} "
+                f"{arch:<18} {method:<10} {best:>8.2f} {floor:>8.2f} {best / floor:>6.3f} "
                 f"{spread:>22} {peak:>9.0f} {dense:>9.0f} {peak / dense:>9.3f}",
                 flush=True,
             )
