@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="timed batches of the pipeline")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     parser.add_argument(
-        "--step-rates", type=float, nargs="+", default=[2.0, 5.0, 10.0],
+        "--step-rates", type=float, nargs="+", default=[10.0, 40.0, 80.0],
         help="training steps/s per GPU to size the workers for",
     )  # fmt: skip
     parser.add_argument("--device-batch", type=int, default=32, help="per-device batch size")

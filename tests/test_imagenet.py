@@ -310,8 +310,9 @@ def test_paper_config_fast_dev_run(tmp_path, layout):
 
 
 @pytest.mark.slow
-def test_paper_config_fast_dev_run_ddp(tmp_path):
-    data = make_imagenet(tmp_path / "imagenet", layout="archives", per_class=6)
+@pytest.mark.parametrize("layout", ["folders", "archives"])
+def test_paper_config_fast_dev_run_ddp(tmp_path, layout):
+    data = make_imagenet(tmp_path / "imagenet", layout=layout, per_class=6)
     proc = run_cli(
         tmp_path, data, "--trainer.strategy", "ddp", "--trainer.devices", "2",
         "--trainer.accelerator", "cpu",
