@@ -1,7 +1,7 @@
 """The pruning math: prunable tensors, criteria, progressive schedules, masks. No Lightning here."""
 
 from pruning_lightning.pruning.config import PruningConfig
-from pruning_lightning.pruning.connectivity import has_input_output_path
+from pruning_lightning.pruning.connectivity import effective_masks, has_input_output_path
 from pruning_lightning.pruning.engine import (
     PruningResult,
     StepRecord,
@@ -32,6 +32,7 @@ __all__ = [
     "force_saliency",
     "get_criterion",
     "global_topk_masks",
+    "effective_masks",
     "has_input_output_path",
     "kept_counts",
     "kept_schedule",
