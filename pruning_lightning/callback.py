@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.config import PruningConfig
-from pruning_lightning.pruning.connectivity import has_input_output_path
+from pruning_lightning.pruning.connectivity import effective_masks
 from pruning_lightning.pruning.engine import PruningResult, run_pruning
 from pruning_lightning.pruning.masks import (
     check_masks,
@@ -417,7 +417,14 @@ class PruningCallback(Callback):
         """
         batch = _first_batch(data) if data is not None else None
         input_shape = tuple(batch[0].shape[1:]) if batch is not None else _input_shape(pl_module)
-        connected = input_shape is None or has_input_output_path(pl_module, masks, input_shape)
+        effective = None
+        if input_shape is not None:
+            effective = {
+                n: k
+                for n, (k, _) in kept_counts(effective_masks(pl_module, masks, input_shape)).items()
+            }
+        # a path from input to output exists iff some kept weight lies on one
+        connected = effective is None or sum(effective.values()) > 0
         saliency = {}
         if batch is not None:
             saliency = force_saliency_views(
@@ -425,7 +432,12 @@ class PruningCallback(Callback):
             )
         options = {key.removeprefix("pruning/"): value for key, value in self.hparams().items()}
         return PruningSummary.measure(
-            options, kept_counts(masks), connected=connected, saliency=saliency, result=result
+            options,
+            kept_counts(masks),
+            connected=connected,
+            saliency=saliency,
+            result=result,
+            effective=effective,
         )
 
     def _report(self, trainer: pl.Trainer, result: PruningResult | None) -> None:
@@ -454,9 +466,14 @@ class PruningCallback(Callback):
                     else ""
                 )
             )
+        effective = (
+            ""
+            if summary.effective_sparsity is None
+            else f", effective {summary.effective_sparsity:.4%}"
+        )
         rank_zero_info(
             f"PruningCallback: kept {summary.kept:,} of {summary.total:,} prunable weights "
-            f"(sparsity {summary.global_sparsity:.4%})"
+            f"(sparsity {summary.global_sparsity:.4%}{effective})"
             + (f" in {result.seconds:.1f} s." if result is not None else ".")
         )
         for logger in trainer.loggers:

@@ -37,7 +37,10 @@ class PruningSummary:
     prune_after_epochs: int = 0
     mask_seconds: float | None = None  # None for a mask loaded from a file or a checkpoint
     global_sparsity: float = 0.0
-    layers: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {"kept", "total"}
+    # 1 - (kept weights on an input-output path) / total; None where no input shape is known
+    effective_sparsity: float | None = None
+    # name -> {"kept", "total"} and, with effective_sparsity, "effective" (kept on a path)
+    layers: dict[str, dict[str, int]] = field(default_factory=dict)
     collapsed_layers: list[str] = field(default_factory=list)  # layers with no weight left
     disconnected: bool = False  # no input-output path survives
     force_saliency: dict[str, float] = field(default_factory=dict)  # view -> S(m)
@@ -52,15 +55,24 @@ class PruningSummary:
         connected: bool,
         saliency: Mapping[str, float],
         result: PruningResult | None,
+        effective: Mapping[str, int] | None = None,
     ) -> PruningSummary:
-        """From the run's options, the per-layer (kept, total) counts and the measurements."""
+        """From the run's options, the per-layer (kept, total) counts, the per-layer effective
+        kept counts (None: unknown) and the measurements."""
         kept, total = kept_total(counts)
         known = {f.name for f in fields(cls)}
+        layers = {name: {"kept": k, "total": t} for name, (k, t) in counts.items()}
+        if effective is not None:
+            for name, entry in layers.items():
+                entry["effective"] = effective[name]
         return cls(
             **{k: v for k, v in options.items() if k in known},
-            layers={name: {"kept": k, "total": t} for name, (k, t) in counts.items()},
+            layers=layers,
             mask_seconds=None if result is None else result.seconds,
             global_sparsity=1 - kept / total,
+            effective_sparsity=(
+                None if effective is None else 1 - sum(effective.values()) / total
+            ),
             collapsed_layers=[name for name, (k, _) in counts.items() if k == 0],
             disconnected=not connected,
             force_saliency=dict(saliency),
@@ -106,6 +118,8 @@ class PruningSummary:
     def scalars(self) -> dict[str, float]:
         """The scalars logged once the mask is known."""
         metrics = {"pruning/global_sparsity": self.global_sparsity}
+        if self.effective_sparsity is not None:
+            metrics["pruning/effective_sparsity"] = self.effective_sparsity
         metrics.update({f"pruning/kept_fraction/{n}": k / t for n, (k, t) in self.counts.items()})
         metrics.update({f"pruning/force_saliency_{v}": s for v, s in self.force_saliency.items()})
         if self.mask_seconds is not None:
@@ -150,6 +164,10 @@ def _problem(summary: Any) -> str | None:
             return f"layer {name!r} lacks integer 'kept' and positive 'total' counts"
         if entry["kept"] > entry["total"]:
             return f"layer {name!r} keeps more weights than it has"
+        if "effective" in entry and not (
+            _is_count(entry["effective"]) and entry["effective"] <= entry["kept"]
+        ):
+            return f"layer {name!r} has an 'effective' count that is not in [0, kept]"
     history = summary.get("history", [])
     if not isinstance(history, list):
         return "'history' is not a list"

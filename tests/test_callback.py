@@ -15,6 +15,7 @@ from pruning_lightning import compute_masks
 from pruning_lightning.callback import PruningCallback
 from pruning_lightning.data import DigitsDataModule
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.connectivity import effective_masks
 from pruning_lightning.pruning.masks import prunable_parameters
 from pruning_lightning.pruning.saliency import force_saliency_views
 
@@ -227,9 +228,10 @@ def test_early_pruning_prunes_after_dense_steps(tmp_path):
         assert torch.count_nonzero(buf[~mask]) == 0
 
 
-def test_logs_per_layer_sparsity_figure_and_summary(tmp_path):
+def test_logs_per_layer_sparsity_figure_and_summary(tmp_path, caplog):
     callback = PruningCallback(method="force", sparsity=0.9, steps=3)
-    trainer, model = fit(tmp_path, callback)
+    with caplog.at_level("INFO"):
+        trainer, model = fit(tmp_path, callback)
     log_dir = Path(trainer.log_dir)
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
@@ -249,6 +251,19 @@ def test_logs_per_layer_sparsity_figure_and_summary(tmp_path):
         int(m.sum()) for m in callback.masks.values()
     )
     assert (log_dir / "kept_fraction_per_layer.png").is_file()
+    # effective sparsity: the same effective masks as computed directly on the model, per layer
+    # and globally, in pruning.json and as a scalar
+    effective = effective_masks(model, callback.masks, (1, 8, 8))
+    for name, layer in summary["layers"].items():
+        assert layer["effective"] == int(effective[name].sum()) <= layer["kept"], name
+    total = sum(layer["total"] for layer in summary["layers"].values())
+    kept_on_path = sum(int(e.sum()) for e in effective.values())
+    assert summary["effective_sparsity"] == pytest.approx(1 - kept_on_path / total)
+    assert summary["effective_sparsity"] >= summary["global_sparsity"]
+    line = f"(sparsity 90.0000%, effective {summary['effective_sparsity']:.4%})"
+    assert line in caplog.text
+    logged = events.Scalars("pruning/effective_sparsity")[0].value
+    assert logged == pytest.approx(summary["effective_sparsity"], abs=1e-6)
 
 
 def test_force_saliency_views_are_measured_on_the_dense_theta0(tmp_path):

@@ -184,6 +184,31 @@ def test_accuracy_figure_draws_mean_and_sample_std_on_an_inverted_log_axis():
     assert "Remaining weights" in ax.get_xlabel() and "accuracy" in ax.get_ylabel()
 
 
+def test_effective_panel_plots_each_methods_mean_effective_remaining_weights():
+    rows = accuracy_rows()
+    for r in rows:  # FORCE loses 0.1-0.3 points of remaining weights to dead ends, SNIP 2-6
+        if r["sparsity"] > 0:
+            lost = {"force": 0.001, "snip": 0.02}.get(r["method"], 0.0) * (1 + r["seed"])
+            r["effective_sparsity"] = min(r["sparsity"] + lost, 1.0)
+    fig = figures.accuracy_sparsity_figure(read_rows(rows), effective=True)
+    nominal, effective = fig.axes[:2]
+    force = [ln for ln in effective.get_lines() if ln.get_label() == "FORCE"][0]
+    seeds = len(ACCURACIES[("force", 0.9)])
+    mean_lost = 0.001 * (1 + (seeds - 1) / 2)
+    assert list(force.get_xdata()) == pytest.approx(
+        [100 * (0.1 - mean_lost), 100 * (0.01 - mean_lost)]
+    )
+    assert list(force.get_ydata()) == pytest.approx([60.0, 40.0])  # the same accuracies
+    assert [ln.get_label() for ln in nominal.get_lines()][:1] == ["FORCE"]
+    assert "Effective remaining" in effective.get_xlabel()
+    # SNIP at 99% keeps no effective weight for some seeds: clamped to the marked sparse end
+    assert effective.collections and min(effective.get_xlim()) > 0
+
+    del rows[3]["effective_sparsity"]
+    with pytest.raises(ConfigError, match="no effective_sparsity for 1 pruned run"):
+        figures.accuracy_sparsity_figure(read_rows(rows), effective=True)
+
+
 def read_rows(rows: list[dict]) -> list[dict]:
     """What the rows look like after a round trip through the CSV."""
     with tempfile.TemporaryDirectory() as folder:
@@ -365,6 +390,15 @@ def test_malformed_tables_exit_2_with_a_clear_message(make, command, message, tm
             {"method": "force", "sparsity": 0.9, "layers": {"a": {"kept": 5, "total": 2}}},
             "progress",
             "keeps more weights",
+        ),
+        (
+            {
+                "method": "force",
+                "sparsity": 0.9,
+                "layers": {"a": {"kept": 2, "total": 5, "effective": 3}},
+            },
+            "progress",
+            "'effective' count that is not in [0, kept]",
         ),
         ({**fake_summary("snip", False), "history": []}, "progress", "no per-step history"),
         ({**fake_summary("snip", False), "history": []}, "recovery", "no per-step history"),

@@ -352,6 +352,9 @@ def test_sweep_runs_gathers_and_skips_finished_runs(tmp_path, capsys):
     for row in rows:
         assert 0.0 <= float(row["test_acc1"]) <= 1.0
         assert float(row["global_sparsity"]) == pytest.approx(float(row["sparsity"]), abs=1e-3)
+        summary = json.loads((Path(row["run_dir"]) / "pruning.json").read_text())
+        assert float(row["effective_sparsity"]) == summary["effective_sparsity"]
+        assert float(row["global_sparsity"]) <= float(row["effective_sparsity"]) <= 1
         assert float(row["mask_seconds"]) > 0
         assert int(row["collapsed_layers"]) >= 0
         assert row["disconnected"] in ("True", "False")

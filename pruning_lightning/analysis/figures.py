@@ -121,13 +121,19 @@ def accuracy_sparsity_figure(
     metric: str = "test_acc1",
     title: str = "",
     source: str = "the results table",
+    effective: bool = False,
 ) -> Figure:
     """Mean test accuracy over seeds (+-1 std band) against remaining weights, one line per
-    method; dense runs (sparsity 0) become a dashed horizontal reference."""
+    method; dense runs (sparsity 0) become a dashed horizontal reference.
+
+    ``effective``: a second panel, sharing the accuracy axis, against the *effective* remaining
+    weights (kept weights on an input-output path; column ``effective_sparsity``), each point at
+    the mean over the seeds of one nominal sparsity. A disconnected run has none left: it is
+    drawn at the axis' sparse end, marked with an x.
+    """
     require_columns(rows, numeric=["sparsity", metric], text=["method"], source=source)
     _check_fraction(rows, metric, source)
     require_unique(rows, ["method", "sparsity", "seed"], source)
-    fig, ax = _subplots(figsize=(6.0, 4.2))
     dense = [100 * r[metric] for r in rows if r["sparsity"] == 0]
     pruned = [r for r in rows if r["sparsity"] > 0]
     if not pruned:
@@ -135,19 +141,55 @@ def accuracy_sparsity_figure(
             f"{source} has only dense runs (sparsity 0): nothing to plot against sparsity. Run "
             "the sweep with --sparsities above 0."
         )
+    if not effective:
+        fig, ax = _subplots(figsize=(6.0, 4.2))
+        _accuracy_panel(ax, pruned, dense, metric, "sparsity")
+        _finish(ax, title)
+        return fig
+    missing = [r for r in pruned if not isinstance(r.get("effective_sparsity"), int | float)]
+    if missing:
+        raise ConfigError(
+            f"{source} has no effective_sparsity for {len(missing)} pruned run(s) (e.g. "
+            f"{missing[0].get('method')} at {missing[0]['sparsity']:g}): their pruning.json "
+            "predates it. Re-run them, or drop --effective."
+        )
+    fig, (left, right) = _subplots(1, 2, figsize=(11.0, 4.2), sharey=True)
+    _accuracy_panel(left, pruned, dense, metric, "sparsity")
+    _accuracy_panel(right, pruned, dense, metric, "effective_sparsity")
+    left.set_title("nominal")
+    right.set_title("effective (kept weights on an input-output path)")
+    right.set_ylabel("")
+    if title:
+        fig.suptitle(title)
+    for ax in (left, right):
+        ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def _accuracy_panel(
+    ax: Axes,
+    pruned: Sequence[dict[str, Any]],
+    dense: Sequence[float],
+    metric: str,
+    x_column: str,
+) -> None:
+    """One accuracy-against-remaining-weights panel; x from ``x_column`` (mean over seeds)."""
+    floor = min(remaining_percent(r["sparsity"]) for r in pruned) / 4  # where "none left" goes
+    xs_all = []
     by_method = group_rows(pruned, ["method"])
     for (method,) in [(m,) for m in sort_methods([k[0] for k in by_method])]:
         groups = group_rows(sorted(by_method[(method,)], key=lambda r: r["sparsity"]), ["sparsity"])
         stats = [mean_std([100 * r[metric] for r in g]) for g in groups.values()]
-        xs = [remaining_percent(s) for (s,) in groups]
-        _band(
-            ax,
-            xs,
-            [m for m, _ in stats],
-            [s for _, s in stats],
-            method_color(method),
-            method_label(method),
-        )
+        xs = [
+            max(mean_std([remaining_percent(r[x_column]) for r in g])[0], floor)
+            for g in groups.values()
+        ]
+        xs_all += xs
+        color = method_color(method)
+        _band(ax, xs, [m for m, _ in stats], [s for _, s in stats], color, method_label(method))
+        none_left = [(x, m) for x, (m, _) in zip(xs, stats, strict=True) if x == floor]
+        if none_left:
+            ax.scatter(*zip(*none_left, strict=True), marker="x", color=color, s=40, zorder=3)
     if dense:
         mean, std = mean_std(dense)
         ax.axhline(
@@ -158,11 +200,15 @@ def accuracy_sparsity_figure(
             label=f"{method_label('dense')} ({mean:.1f}%)",
         )
         ax.axhspan(mean - std, mean + std, color=method_color("dense"), alpha=0.08)
-    _remaining_axis(ax, [remaining_percent(r["sparsity"]) for r in pruned])
+    if x_column == "sparsity":
+        _remaining_axis(ax, xs_all)
+    else:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(max(xs_all) * 1.25, min(xs_all) / 1.25)
+        ax.set_xlabel("Effective remaining weights (%) [log scale]")
     ax.set_ylabel(_acc_label(metric))
     ax.legend(fontsize=8)
-    _finish(ax, title)
-    return fig
 
 
 # -- accuracy against T and against mask time (Figure 4 middle and right) -------------------------

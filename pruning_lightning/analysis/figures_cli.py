@@ -120,7 +120,10 @@ def save(fig, args: argparse.Namespace, tag: str) -> None:
 
 def cmd_accuracy(args: argparse.Namespace) -> None:
     rows, source = load_rows(args.results, args.runs, args.where)
-    save(figures.accuracy_sparsity_figure(rows, args.metric, args.title, source), args, "accuracy")
+    fig = figures.accuracy_sparsity_figure(
+        rows, args.metric, args.title, source, effective=args.effective
+    )
+    save(fig, args, "accuracy")
 
 
 def cmd_steps(args: argparse.Namespace) -> None:
@@ -313,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy", cmd_accuracy, "Accuracy against remaining weights per method (Figs 1-3)."
     )
     table_inputs(p)
+    p.add_argument(
+        "--effective",
+        action="store_true",
+        help="add a panel against the effective remaining weights (kept weights on an "
+        "input-output path; the effective_sparsity column)",
+    )
     p = figure("steps", cmd_steps, "Accuracy at one sparsity against iterations T (Fig. 4 middle).")
     table_inputs(p)
     p.add_argument("--sparsity", type=float, help="required when the table has several")

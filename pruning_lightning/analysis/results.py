@@ -42,6 +42,7 @@ RESULT_COLUMNS = [
     "test_loss",
     "test_sparsity",
     "global_sparsity",
+    "effective_sparsity",
     "mask_seconds",
     "collapsed_layers",
     "collapsed_layer_names",
@@ -228,6 +229,7 @@ def read_run(log_dir: str | Path) -> dict[str, Any]:
     if summary is not None:
         collapsed = summary.get("collapsed_layers") or []
         row["global_sparsity"] = summary.get("global_sparsity")
+        row["effective_sparsity"] = summary.get("effective_sparsity")
         row["mask_seconds"] = summary.get("mask_seconds")
         row["collapsed_layers"] = len(collapsed)
         row["collapsed_layer_names"] = ";".join(collapsed)
@@ -236,6 +238,7 @@ def read_run(log_dir: str | Path) -> dict[str, Any]:
         row["force_saliency_pruning"] = saliency.get("pruning")
         row["force_saliency_sparsification"] = saliency.get("sparsification")
     else:
+        # no mask, no effective figure (even a dense net has taps that only meet padding)
         row.update(global_sparsity=0.0, collapsed_layers=0, collapsed_layer_names="")
         row["disconnected"] = False
     row["run_dir"] = str(log_dir)
@@ -393,6 +396,7 @@ def group_rows(
 _MEASURED = {
     "mask_seconds",
     "global_sparsity",
+    "effective_sparsity",
     "collapsed_layers",
     "collapsed_layer_names",
     "disconnected",
