@@ -116,3 +116,30 @@ def test_backbones_effective_is_a_subset_and_full_masks_lose_only_padding(name):
     for n, m in sparse.items():
         assert not (eff[n] & ~m).any(), n
     assert sum(int(e.sum()) for e in eff.values()) < sum(int(m.sum()) for m in sparse.values())
+
+
+def test_backfill_rewrites_the_effective_fields_of_a_finished_run(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from conftest import fit
+
+    from pruning_lightning.analysis.backfill import main
+    from pruning_lightning.callback import PruningCallback
+
+    trainer, _ = fit(tmp_path, PruningCallback(method="snip", sparsity=0.97))
+    log_dir = Path(trainer.log_dir)
+    written = json.loads((log_dir / "pruning.json").read_text())
+    stripped = {**written, "layers": {k: dict(v) for k, v in written["layers"].items()}}
+    del stripped["effective_sparsity"]
+    for layer in stripped["layers"].values():
+        del layer["effective"]
+    (log_dir / "pruning.json").write_text(json.dumps(stripped))
+    assert main([str(tmp_path)]) == 0
+    assert json.loads((log_dir / "pruning.json").read_text()) == written
+    assert f"effective {written['effective_sparsity']:.4%}" in capsys.readouterr().out
+
+    for ckpt in (log_dir / "checkpoints").glob("*.ckpt"):
+        ckpt.unlink()
+    assert main([str(tmp_path)]) == 2
+    assert "needs both pruning.json and a checkpoint" in capsys.readouterr().err

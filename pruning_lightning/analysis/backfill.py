@@ -1,0 +1,92 @@
+"""Add effective sparsity to the ``pruning.json`` of runs that finished before it was recorded.
+
+The mask is in every checkpoint (the PruningCallback's state) and the network's shape in its
+hyperparameters, so the effective mask of a finished run can be computed after the fact, from
+the same function the callback uses. Only ``effective_sparsity`` and the per-layer ``effective``
+counts are written; everything else in ``pruning.json`` is left as the run wrote it.
+
+    python -m pruning_lightning.analysis.backfill sweep/force-s0.99-seed0 sweep/snip-s0.99-seed0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from pruning_lightning.analysis.results import PRUNING_JSON
+from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.connectivity import effective_masks
+from pruning_lightning.pruning.masks import kept_counts
+from pruning_lightning.report import PruningSummary
+
+
+def checkpoint_masks(path: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], tuple]:
+    """(ImageClassifier, masks, input shape) of a checkpoint written by a pruned run."""
+    from pruning_lightning.classifier import ImageClassifier
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    state = checkpoint.get("callbacks", {}).get("PruningCallback") or {}
+    masks = state.get("masks")
+    if not masks:
+        raise ConfigError(
+            f"{path} holds no mask (no PruningCallback state): it is not from a pruned run."
+        )
+    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
+    hp = model.hparams
+    return model, masks, (hp.in_channels, hp.image_size, hp.image_size)
+
+
+def backfill_run(log_dir: Path) -> PruningSummary:
+    """Write effective sparsity into ``log_dir/pruning.json`` from the newest checkpoint there."""
+    summary_path = log_dir / PRUNING_JSON
+    checkpoints = sorted(
+        (log_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime
+    )
+    if not summary_path.is_file() or not checkpoints:
+        raise ConfigError(
+            f"{log_dir} needs both {PRUNING_JSON} and a checkpoint in checkpoints/ (a pruned "
+            "run's log dir, e.g. RUN/lightning_logs/version_0)."
+        )
+    summary = PruningSummary.from_dict(json.loads(summary_path.read_text()))
+    model, masks, input_shape = checkpoint_masks(checkpoints[-1])
+    effective = kept_counts(effective_masks(model, masks, input_shape))
+    if set(effective) != set(summary.layers):
+        raise ConfigError(
+            f"The mask in {checkpoints[-1]} names other layers than {summary_path}: the two are "
+            "not from the same run."
+        )
+    for name, (kept_on_path, _) in effective.items():
+        summary.layers[name]["effective"] = kept_on_path
+    summary.effective_sparsity = 1 - sum(k for k, _ in effective.values()) / summary.total
+    summary_path.write_text(summary.to_json())
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (or their log dirs)")
+    args = parser.parse_args(argv)
+    try:
+        for run in args.runs:
+            dirs = sorted({p.parent for p in run.rglob(PRUNING_JSON)})
+            if not dirs:
+                raise ConfigError(f"No {PRUNING_JSON} under {run}.")
+            for log_dir in dirs:
+                summary = backfill_run(log_dir)
+                print(
+                    f"{log_dir}: sparsity {summary.global_sparsity:.4%}, "
+                    f"effective {summary.effective_sparsity:.4%}"
+                )
+    except ConfigError as err:
+        print(f"backfill: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
