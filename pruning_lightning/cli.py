@@ -87,7 +87,18 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PruningCLI:
 
 
 def main(args: ArgsType = None) -> None:
-    """Console entry point; bad input ends with its message, not a traceback."""
+    """Console entry point; bad input ends with its message, not a traceback.
+
+    ``export`` is not a Trainer method, so it is dispatched here (pruning_lightning/export.py).
+    """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list | tuple) and list(argv[:1]) == ["export"]:
+        from pruning_lightning.export import main as export_main
+
+        code = export_main(list(argv[1:]))
+        if code:
+            sys.exit(code)
+        return
     try:
         build_cli(args)
     except Exception as err:

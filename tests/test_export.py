@@ -1,0 +1,218 @@
+"""Compact export: the smaller network gives the masked network's logits, for every backbone, and
+`pruning-lightning export` writes files that reload (torch.export, ONNX Runtime)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fit
+from torch import nn
+
+from pruning_lightning.errors import ConfigError
+from pruning_lightning.models import BACKBONES, FIXED_WIDTH, build_backbone
+from pruning_lightning.pruning import compute_masks, effective_masks
+from pruning_lightning.pruning.compact import WithOffset, compact_network
+
+ROOT = Path(__file__).parents[1]
+
+
+def trained_like(net: nn.Module) -> nn.Module:
+    """BatchNorm statistics and affine terms as after training (so dead channels emit
+    non-zero constants), in eval mode."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    return net.eval()
+
+
+def masked_copy(net: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    out = copy.deepcopy(net)
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            if name in masks:
+                p.mul_(masks[name])
+    return out
+
+
+def assert_equivalent(net, masks, shape) -> nn.Module:
+    small = compact_network(net, masks, shape)
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        expected, got = masked_copy(net, masks)(x), small(x)
+    tolerance = 1e-4 * max(1.0, float(expected.abs().max()))
+    assert float((expected - got).abs().max()) <= tolerance
+    # the surviving weights are exactly the effective ones
+    nonzero = sum(
+        int((m.weight != 0).sum()) for m in small.modules() if isinstance(m, nn.Conv2d | nn.Linear)
+    )
+    assert nonzero == sum(int(e.sum()) for e in effective_masks(net, masks, shape).values())
+    assert sum(p.numel() for p in small.parameters()) <= sum(p.numel() for p in net.parameters())
+    return small
+
+
+CIFAR = [n for n in BACKBONES if n not in FIXED_WIDTH]
+
+
+@pytest.mark.parametrize("name", CIFAR)
+@pytest.mark.parametrize("method", ["force", "snip"])
+@pytest.mark.parametrize("sparsity", [0.9, 0.99, 0.995])
+def test_compact_network_gives_the_masked_logits(name, method, sparsity):
+    if name in ("resnet110", "mobilenetv2") and sparsity == 0.995 and method == "force":
+        pytest.skip("covered by the other sparsities; slow to rank at T=3 with 110 layers")
+    torch.manual_seed(0)
+    net = build_backbone(name, 10, width=8 if name != "resnet110" else 4)
+    data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))]
+    options = {"steps": 3} if method == "force" else {}
+    masks = compute_masks(net, data, method, sparsity, **options)
+    trained_like(net)
+    if not any(e.any() for e in effective_masks(net, masks, (3, 32, 32)).values()):
+        with pytest.raises(ConfigError, match="no path from the input to the output"):
+            compact_network(net, masks, (3, 32, 32))
+        return
+    assert_equivalent(net, masks, (3, 32, 32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FIXED_WIDTH))
+def test_compact_imagenet_backbones(name):
+    torch.manual_seed(0)
+    net = build_backbone(name, 10, image_size=32)
+    data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
+    masks = compute_masks(net, data, "snip", 0.9)  # 99% disconnects most of them at 32x32
+    assert_equivalent(trained_like(net), masks, (3, 32, 32))
+
+
+def test_a_dead_channel_is_removed_and_its_constant_folded_exactly():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Conv2d(3, 2, 3, padding=1),  # reads the dead channel: a constant map, padded
+        nn.BatchNorm2d(2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 4),
+    )
+    trained_like(net)
+    with torch.no_grad():  # the dead channel emits relu(bn(bias)) = 1 everywhere
+        net[0].bias[2], net[1].running_mean[2], net[1].weight[2], net[1].bias[2] = 0, 0, 0, 1
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in net.named_parameters()}
+    masks = {n: m for n, m in masks.items() if n.endswith("weight") and n[0] in "038"}
+    masks["0.weight"][2] = False  # channel 2 is fed by nothing: relu(bn(bias)) everywhere
+    small = assert_equivalent(net, masks, (1, 5, 5))
+    first = small[0]
+    assert first.out_channels == 2 and small[1].num_features == 2
+    # the second conv reads a constant with zero padding around it: a position-dependent offset
+    assert isinstance(small[3], WithOffset) and small[3].layer.in_channels == 2
+    assert small[3].offset.shape == (2, 5, 5)
+
+
+def test_disconnected_masks_are_refused():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    masks = {"0.weight": torch.ones(4, 4, dtype=torch.bool), "2.weight": torch.zeros(2, 4).bool()}
+    with pytest.raises(ConfigError, match="disconnected"):
+        compact_network(net, masks, (4,))
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "pruning-lightning"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def pruned_checkpoint(tmp_path_factory) -> tuple[Path, float, nn.Module]:
+    """The quickstart's network (ResNet-18 at width 16 on the digits) pruned to 99% by FORCE and
+    trained briefly: checkpoint, test accuracy as Lightning measured it, and the model."""
+    from pruning_lightning.callback import PruningCallback
+    from pruning_lightning.classifier import ImageClassifier
+    from pruning_lightning.data import DigitsDataModule
+
+    root = tmp_path_factory.mktemp("export")
+    model = ImageClassifier("resnet18", 10, in_channels=1, image_size=8, width=16)
+    callback = PruningCallback(method="force", sparsity=0.99, steps=5)
+    trainer, model = fit(root, callback, model=model, max_epochs=2)
+    (result,) = trainer.test(model, datamodule=DigitsDataModule(batch_size=64), verbose=False)
+    (ckpt,) = Path(trainer.log_dir).glob("checkpoints/*.ckpt")
+    return ckpt, result["test/acc1"], model
+
+
+def accuracy(forward, data) -> float:
+    correct = total = 0
+    for x, y in data:
+        correct += int((forward(x).argmax(1) == y).sum())
+        total += len(y)
+    return correct / total
+
+
+def test_export_writes_smaller_files_that_reload_and_keep_the_accuracy(pruned_checkpoint, tmp_path):
+    import numpy as np
+    import onnxruntime
+
+    from pruning_lightning.data import DigitsDataModule
+
+    ckpt, test_acc, model = pruned_checkpoint
+    config = tmp_path.parent / "run.yaml"  # the run's model: the quickstart's, at width 4
+    config.write_text(json.dumps({"model": {"backbone": "resnet18", "width": 16}}))
+    proc = console(
+        "export", "--config", str(config), "--ckpt_path", str(ckpt),
+        "--output", "model.pt2", "--onnx", "model.onnx", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Exported" in proc.stdout
+    program = torch.export.load(tmp_path / "model.pt2").module()
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    data = DigitsDataModule(batch_size=50, num_workers=0)
+    data.setup("test")
+    loader = data.test_dataloader()
+    assert accuracy(program, loader) == pytest.approx(test_acc, abs=1e-6)
+
+    def run_onnx(x):
+        return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+    assert accuracy(run_onnx, loader) == pytest.approx(test_acc, abs=1e-6)
+    x = next(iter(loader))[0]
+    assert np.allclose(run_onnx(x).numpy(), program(x).detach().numpy(), atol=1e-4)
+    parameters = sum(p.numel() for p in program.parameters())
+    assert parameters < 0.5 * sum(p.numel() for p in model.backbone.parameters())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.pt2"]
+
+
+def test_export_bad_input_is_a_clear_error_and_writes_nothing(pruned_checkpoint, tmp_path):
+    ckpt, _, model = pruned_checkpoint
+    other = tmp_path / "other.yaml"
+    other.write_text(json.dumps({"model": {"backbone": "vgg19"}}))  # YAML reads JSON
+    proc = console(
+        "export", "--config", str(other), "--ckpt_path", str(ckpt), "--output", "m.pt2",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "model.backbone='vgg19'" in proc.stderr
+    dense = tmp_path / "dense.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["callbacks"]["PruningCallback"]
+    torch.save(state, dense)
+    proc = console("export", "--ckpt_path", str(dense), "--output", "m.pt2", cwd=tmp_path)
+    assert proc.returncode == 2 and "holds no mask" in proc.stderr
+    proc = console("export", "--ckpt_path", str(ckpt), cwd=tmp_path)
+    assert proc.returncode == 2 and "--output model.pt2 and/or --onnx" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense.ckpt", "other.yaml"]
