@@ -1,0 +1,163 @@
+"""Is the exported network really smaller and faster? Parameters, FLOPs and CPU latency of the
+dense, the masked and the exported (compact) network, as ratios against dense in the same run.
+
+For each backbone, method and sparsity: a mask is computed on CIFAR-sized batches (random images
+unless ``--data-dir`` points at a CIFAR-10 folder copy), the network is compacted exactly as
+``pruning-lightning export`` does (:func:`compact_network`), and
+
+- parameters and FLOPs per image (``torch.utils.flop_counter``; the masked network's FLOPs are
+  the dense ones: its zeros are still multiplied),
+- CPU latency at batch 1 and 64 (``torch.utils.benchmark``, ``--threads`` threads, eval mode,
+  no autograd) of dense, masked and exported,
+- the ONNX Runtime latency of the exported network (same threads),
+
+are printed as ratios against dense. The networks are at initialisation (BatchNorm in eval mode
+with fresh statistics): the timing does not depend on the weights' values.
+
+    python benchmarks/export_speed.py --arch resnet50 vgg19 --sparsities 0.9 0.99 0.995 \\
+        --methods force iter_snip snip random --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+
+import torch
+from torch import nn
+from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
+
+from pruning_lightning.errors import ConfigError
+from pruning_lightning.models import build_backbone
+from pruning_lightning.pruning import compute_masks, get_criterion
+from pruning_lightning.pruning.compact import compact_network
+
+
+def flops(net: nn.Module, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return counter.get_total_flops() // x.shape[0]
+
+
+def latency(fn, x: torch.Tensor, threads: int, min_time: float) -> float:
+    """Median seconds per call."""
+    timer = benchmark.Timer(
+        stmt="fn(x)", globals={"fn": fn, "x": x}, num_threads=threads, label="latency"
+    )
+    return timer.blocked_autorange(min_run_time=min_time).median
+
+
+def onnx_latency(net: nn.Module, x: torch.Tensor, threads: int, min_time: float) -> float:
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "net.onnx")
+        batch = torch.export.Dim("batch", min=1)
+        torch.onnx.export(
+            net, (x[:2],), path, dynamo=True, input_names=["images"],
+            dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+        )  # fmt: skip
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(path, options)
+    feed = {"images": x.numpy()}
+    return latency(lambda _: session.run(None, feed), x, 1, min_time)
+
+
+def data(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Saliency batches: CIFAR-10 training images, or random ones."""
+    n = (args.steps + 1) * args.batch_size
+    if args.data_dir:
+        from pruning_lightning.data import CIFAR10DataModule
+
+        dm = CIFAR10DataModule(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=0)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        return [b for b, _ in zip(loader, range(args.steps + 1), strict=False)]
+    images = torch.randn(n, 3, 32, 32)
+    labels = torch.randint(0, 10, (n,))
+    return list(zip(images.split(args.batch_size), labels.split(args.batch_size), strict=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", nargs="+", default=["resnet50", "vgg19"])
+    parser.add_argument("--width", type=int, default=None, help="backbone width (published)")
+    parser.add_argument("--methods", nargs="+", default=["force", "iter_snip", "snip", "random"])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.99, 0.995])
+    parser.add_argument("--steps", type=int, default=10, help="T of the progressive methods")
+    parser.add_argument("--batch-size", type=int, default=64, help="saliency batch size")
+    parser.add_argument("--data-dir", help="a CIFAR-10 copy for the saliency batches")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds per timing")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = data(args)
+    x1, x64 = torch.randn(1, 3, 32, 32), torch.randn(64, 3, 32, 32)
+    print(
+        f"threads={args.threads} width={args.width} T={args.steps} torch={torch.__version__} "
+        f"cpus={os.cpu_count()} load average (1 min)={os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'arch':<9} {'method':<10} {'sparsity':>8} {'params':>8} {'FLOPs':>7} "
+        f"{'masked b1':>9} {'b64':>6} {'export b1':>9} {'b64':>6} {'onnx b1':>8} {'b64':>6}"
+    )
+    for arch in args.arch:
+        torch.manual_seed(0)
+        dense = build_backbone(arch, 10, width=args.width).eval()
+        base_params = sum(p.numel() for p in dense.parameters())
+        base_flops = flops(dense, x1)
+        with torch.no_grad():
+            base = {
+                b: latency(dense, x, args.threads, args.min_time) for b, x in ((1, x1), (64, x64))
+            }
+        print(
+            f"{arch:<9} {'dense':<10} {0:>8} {base_params / 1e6:>7.2f}M {base_flops / 1e6:>6.0f}M "
+            f"{base[1] * 1e3:>8.2f}ms {base[64] * 1e3:>5.0f}ms  (absolute: the baseline)",
+            flush=True,
+        )
+        for method in args.methods:
+            for sparsity in args.sparsities:
+                net = copy.deepcopy(dense).train()
+                options = {"steps": args.steps} if get_criterion(method).progressive else {}
+                masks = compute_masks(net, batches, method, sparsity, **options)
+                net.eval()
+                masked = copy.deepcopy(net)
+                with torch.no_grad():
+                    for name, p in masked.named_parameters():
+                        if name in masks:
+                            p.mul_(masks[name])
+                try:
+                    small = compact_network(net, masks, (3, 32, 32))
+                except ConfigError:
+                    print(f"{arch:<9} {method:<10} {sparsity:>8} disconnected: nothing to export")
+                    continue
+                with torch.no_grad():
+                    m = {
+                        b: latency(masked, x, args.threads, args.min_time)
+                        for b, x in ((1, x1), (64, x64))
+                    }
+                    e = {
+                        b: latency(small, x, args.threads, args.min_time)
+                        for b, x in ((1, x1), (64, x64))
+                    }
+                o = {
+                    b: onnx_latency(small, x, args.threads, args.min_time)
+                    for b, x in ((1, x1), (64, x64))
+                }
+                params = sum(p.numel() for p in small.parameters()) / base_params
+                print(
+                    f"{arch:<9} {method:<10} {sparsity:>8} {params:>8.3f} "
+                    f"{flops(small, x1) / base_flops:>7.3f} {m[1] / base[1]:>9.3f} "
+                    f"{m[64] / base[64]:>6.3f} {e[1] / base[1]:>9.3f} {e[64] / base[64]:>6.3f} "
+                    f"{o[1] / base[1]:>8.3f} {o[64] / base[64]:>6.3f}",
+                    flush=True,
+                )
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
