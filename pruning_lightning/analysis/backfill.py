@@ -16,29 +16,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from pruning_lightning.analysis.results import PRUNING_JSON
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.export import load_pruned_checkpoint
 from pruning_lightning.pruning.connectivity import effective_masks
 from pruning_lightning.pruning.masks import kept_counts
 from pruning_lightning.report import PruningSummary
-
-
-def checkpoint_masks(path: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], tuple]:
-    """(ImageClassifier, masks, input shape) of a checkpoint written by a pruned run."""
-    from pruning_lightning.classifier import ImageClassifier
-
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    state = checkpoint.get("callbacks", {}).get("PruningCallback") or {}
-    masks = state.get("masks")
-    if not masks:
-        raise ConfigError(
-            f"{path} holds no mask (no PruningCallback state): it is not from a pruned run."
-        )
-    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
-    hp = model.hparams
-    return model, masks, (hp.in_channels, hp.image_size, hp.image_size)
 
 
 def backfill_run(log_dir: Path) -> PruningSummary:
@@ -53,7 +36,7 @@ def backfill_run(log_dir: Path) -> PruningSummary:
             "run's log dir, e.g. RUN/lightning_logs/version_0)."
         )
     summary = PruningSummary.from_dict(json.loads(summary_path.read_text()))
-    model, masks, input_shape = checkpoint_masks(checkpoints[-1])
+    model, masks, input_shape = load_pruned_checkpoint(checkpoints[-1])
     effective = kept_counts(effective_masks(model, masks, input_shape))
     if set(effective) != set(summary.layers):
         raise ConfigError(
