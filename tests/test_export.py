@@ -127,6 +127,19 @@ def test_disconnected_masks_are_refused():
         compact_network(net, masks, (4,))
 
 
+def test_a_network_the_dependency_graph_cannot_trace_is_a_clear_error(monkeypatch):
+    import torch_pruning
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(torch_pruning.DependencyGraph, "build_dependency", fail)
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    masks = {"0.weight": torch.ones(4, 4, dtype=torch.bool)}
+    with pytest.raises(ConfigError, match="cannot trace this network.*unsupported operation"):
+        compact_network(net, masks, (4,))
+
+
 # --- the command --------------------------------------------------------------------------------
 
 

@@ -138,7 +138,14 @@ def compact_network(
     kept_modules = [net.get_submodule(k) for k in keep] if keep else last_linear
     example = torch.zeros((1, *input_shape), device=device)
     # (not ignored_layers: Torch-Pruning would then not trim their input channels either)
-    graph = tp.DependencyGraph().build_dependency(net, example_inputs=example, verbose=False)
+    try:
+        graph = tp.DependencyGraph().build_dependency(net, example_inputs=example, verbose=False)
+    except Exception as err:  # whatever the tracer cannot follow
+        raise ConfigError(
+            f"Torch-Pruning cannot trace this network's channel dependencies ({type(err).__name__}:"
+            f" {err}). Export supports the backbones of pruning_lightning.models; a custom "
+            "network needs layers Torch-Pruning knows (see its customized_pruners)."
+        ) from err
     for layer in layers.values():
         if layer in kept_modules:
             continue
