@@ -85,11 +85,14 @@ def test_compact_network_gives_the_masked_logits(name, method, sparsity):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FIXED_WIDTH))
-def test_compact_imagenet_backbones(name):
+@pytest.mark.parametrize("method", ["force", "snip"])
+def test_compact_imagenet_backbones(name, method):
+    # at 90% only: at 32x32 inputs 99% disconnects most of them (the error is tested above)
     torch.manual_seed(0)
     net = build_backbone(name, 10, image_size=32)
     data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
-    masks = compute_masks(net, data, "snip", 0.9)  # 99% disconnects most of them at 32x32
+    options = {"steps": 3} if method == "force" else {}
+    masks = compute_masks(net, data, method, 0.9, **options)
     assert_equivalent(trained_like(net), masks, (3, 32, 32))
 
 
