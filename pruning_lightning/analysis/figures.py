@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from pruning_lightning.analysis.results import (
     group_rows,
@@ -176,6 +176,7 @@ def _accuracy_panel(
     """One accuracy-against-remaining-weights panel; x from ``x_column`` (mean over seeds)."""
     floor = min(remaining_percent(r["sparsity"]) for r in pruned) / 4  # where "none left" goes
     xs_all = []
+    marked = False
     by_method = group_rows(pruned, ["method"])
     for (method,) in [(m,) for m in sort_methods([k[0] for k in by_method])]:
         groups = group_rows(sorted(by_method[(method,)], key=lambda r: r["sparsity"]), ["sparsity"])
@@ -190,6 +191,7 @@ def _accuracy_panel(
         none_left = [(x, m) for x, (m, _) in zip(xs, stats, strict=True) if x == floor]
         if none_left:
             ax.scatter(*zip(*none_left, strict=True), marker="x", color=color, s=40, zorder=3)
+            marked = True
     if dense:
         mean, std = mean_std(dense)
         ax.axhline(
@@ -206,7 +208,10 @@ def _accuracy_panel(
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlim(max(xs_all) * 1.25, min(xs_all) / 1.25)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("Effective remaining weights (%) [log scale]")
+        if marked:
+            ax.scatter([], [], marker="x", color="black", label="none on a path (disconnected)")
     ax.set_ylabel(_acc_label(metric))
     ax.legend(fontsize=8)
 
