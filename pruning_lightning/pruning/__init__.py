@@ -1,5 +1,6 @@
 """The pruning math: prunable tensors, criteria, progressive schedules, masks. No Lightning here."""
 
+from pruning_lightning.pruning.compact import compact_network
 from pruning_lightning.pruning.config import PruningConfig
 from pruning_lightning.pruning.connectivity import effective_masks, has_input_output_path
 from pruning_lightning.pruning.engine import (
@@ -21,6 +22,7 @@ from pruning_lightning.pruning.registry import Criterion, get_criterion, method_
 from pruning_lightning.pruning.saliency import force_saliency
 
 __all__ = [
+    "compact_network",
     "Criterion",
     "PruningConfig",
     "PruningResult",
