@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.models import build_backbone
-from pruning_lightning.pruning import compute_masks, get_criterion
+from pruning_lightning.pruning import apply_masks, compute_masks, get_criterion
 from pruning_lightning.pruning.compact import compact_network
 
 
@@ -52,6 +52,12 @@ def latency(fn, x: torch.Tensor, threads: int, min_time: float) -> float:
         stmt="fn(x)", globals={"fn": fn, "x": x}, num_threads=threads, label="latency"
     )
     return timer.blocked_autorange(min_run_time=min_time).median
+
+
+@torch.no_grad()
+def per_batch(measure, net, xs: dict[int, torch.Tensor], args: argparse.Namespace) -> dict:
+    """``measure(net, x, threads, min_time)`` for each batch size of ``xs``."""
+    return {b: measure(net, x, args.threads, args.min_time) for b, x in xs.items()}
 
 
 def onnx_latency(net: nn.Module, x: torch.Tensor, threads: int, min_time: float) -> float:
@@ -101,6 +107,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     batches = data(args)
     x1, x64 = torch.randn(1, 3, 32, 32), torch.randn(64, 3, 32, 32)
+    xs = {1: x1, 64: x64}
     print(
         f"threads={args.threads} width={args.width} T={args.steps} torch={torch.__version__} "
         f"cpus={os.cpu_count()} load average (1 min)={os.getloadavg()[0]:.2f}"
@@ -114,10 +121,7 @@ def main() -> None:
         dense = build_backbone(arch, 10, width=args.width).eval()
         base_params = sum(p.numel() for p in dense.parameters())
         base_flops = flops(dense, x1)
-        with torch.no_grad():
-            base = {
-                b: latency(dense, x, args.threads, args.min_time) for b, x in ((1, x1), (64, x64))
-            }
+        base = per_batch(latency, dense, xs, args)
         print(
             f"{arch:<9} {'dense':<10} {0:>8} {base_params / 1e6:>7.2f}M {base_flops / 1e6:>6.0f}M "
             f"{base[1] * 1e3:>8.2f}ms {base[64] * 1e3:>5.0f}ms  (absolute: the baseline)",
@@ -130,32 +134,15 @@ def main() -> None:
                 masks = compute_masks(net, batches, method, sparsity, **options)
                 net.eval()
                 masked = copy.deepcopy(net)
-                with torch.no_grad():
-                    for name, p in masked.named_parameters():
-                        if name in masks:
-                            p.mul_(masks[name])
+                apply_masks(masked, masks)
                 try:
                     small = compact_network(net, masks, (3, 32, 32))
                 except ConfigError:
                     print(f"{arch:<9} {method:<10} {sparsity:>8} disconnected: nothing to export")
                     continue
-                with torch.no_grad():  # dense again next to each row: drift hits both sides
-                    base = {
-                        b: latency(dense, x, args.threads, args.min_time)
-                        for b, x in ((1, x1), (64, x64))
-                    }
-                    m = {
-                        b: latency(masked, x, args.threads, args.min_time)
-                        for b, x in ((1, x1), (64, x64))
-                    }
-                    e = {
-                        b: latency(small, x, args.threads, args.min_time)
-                        for b, x in ((1, x1), (64, x64))
-                    }
-                o = {
-                    b: onnx_latency(small, x, args.threads, args.min_time)
-                    for b, x in ((1, x1), (64, x64))
-                }
+                # dense again next to each row: drift hits both sides
+                base, m, e = (per_batch(latency, f, xs, args) for f in (dense, masked, small))
+                o = per_batch(onnx_latency, small, xs, args)
                 params = sum(p.numel() for p in small.parameters()) / base_params
                 print(
                     f"{arch:<9} {method:<10} {sparsity:>8} {params:>8.3f} "

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.connectivity import effective_masks
-from pruning_lightning.pruning.masks import PRUNABLE_MODULES
+from pruning_lightning.pruning.masks import PRUNABLE_MODULES, apply_masks
 
 
 class WithOffset(nn.Module):
@@ -110,10 +110,8 @@ def compact_network(
     }
     masks = {name: masks[f"{name}.weight"].to(device=device, dtype=torch.bool) for name in layers}
     weighted = {f"{name}.weight": m for name, m in masks.items()}
-    with torch.no_grad():
-        for name, layer in layers.items():
-            layer.weight.mul_(masks[name])
-            reference.get_submodule(name).weight.mul_(masks[name])
+    apply_masks(net, weighted)
+    apply_masks(reference, weighted)
     effective = {
         n.removesuffix(".weight"): e for n, e in effective_masks(net, weighted, input_shape).items()
     }
