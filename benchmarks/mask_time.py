@@ -178,6 +178,11 @@ def main() -> None:
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=method_names())
     parser.add_argument("--repeats", type=int, default=3, help="rounds of floor + masks")
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory runs (each is one more full mask computation)",
+    )
     parser.add_argument("--worker", choices=("dense", *method_names()), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -215,9 +220,9 @@ def main() -> None:
                 seconds[method].append(elapsed)
                 ratios[method].append(elapsed / floor)
         del model, x, y
-        dense = measure_memory(args, arch, "dense")
+        dense = float("nan") if args.no_memory else measure_memory(args, arch, "dense")
         for method in args.methods:
-            peak = measure_memory(args, arch, method)
+            peak = float("nan") if args.no_memory else measure_memory(args, arch, method)
             r = ratios[method]
             spread = f"{statistics.median(r):.3f} ({min(r):.3f}-{max(r):.3f})"
             best, floor = min(seconds[method]), min(floors)
