@@ -253,6 +253,33 @@ def test_layer_progress_and_recovery_figures_plot_the_logged_counts():
     assert list(recovered.get_ydata()) == [0.0, 0.0, 0.0]
 
 
+def test_recovery_figure_has_one_legend_entry_per_method_and_skips_one_shot_runs(
+    tables, tmp_path, monkeypatch
+):
+    seeds = [fake_summary("force", True), fake_summary("force", True)]
+    fig = figures.pruned_recovered_figure([*seeds, fake_summary("iter_snip", False)])
+    top = fig.axes[0]
+    assert len(top.get_lines()) == 3  # every run is drawn
+    assert [t.get_text() for t in top.get_legend().get_texts()] == ["FORCE", "Iterative SNIP"]
+    # a sweep folder also holds one-shot runs, whose history is their single step
+    one_shot = {
+        **fake_summary("snip", False),
+        "history": fake_summary("snip", False)["history"][:1],
+    }
+    run = tables["force"].parent / "snip"
+    run.mkdir()
+    (run / "pruning.json").write_text(json.dumps(one_shot))
+    drawn = []
+    original = figures.pruned_recovered_figure
+    monkeypatch.setattr(
+        figures,
+        "pruned_recovered_figure",
+        lambda summaries, title="": drawn.extend(summaries) or original(summaries, title),
+    )
+    main(["recovery", "--runs", str(run.parent), "--out", str(tmp_path / "r.png")])
+    assert sorted(s["method"] for s in drawn) == ["force", "iter_snip"]
+
+
 def test_saliency_figures():
     rows = read_rows(saliency_rows())
     fig = figures.saliency_ratio_figure(rows)

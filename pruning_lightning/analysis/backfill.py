@@ -27,9 +27,7 @@ from pruning_lightning.report import PruningSummary
 def backfill_run(log_dir: Path) -> PruningSummary:
     """Write effective sparsity into ``log_dir/pruning.json`` from the newest checkpoint there."""
     summary_path = log_dir / PRUNING_JSON
-    checkpoints = sorted(
-        (log_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime
-    )
+    checkpoints = sorted((log_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not summary_path.is_file() or not checkpoints:
         raise ConfigError(
             f"{log_dir} needs both {PRUNING_JSON} and a checkpoint in checkpoints/ (a pruned "

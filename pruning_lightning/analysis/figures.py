@@ -469,12 +469,14 @@ def progressive_layers_figure(
 
 def pruned_recovered_figure(summaries: Sequence[dict[str, Any]], title: str = "") -> Figure:
     """Weights pruned (kept in m_{t-1}, not in m_t) and recovered (the reverse) at each step,
-    as fractions of all prunable weights (Fig. 9); Iterative SNIP recovers none by design."""
+    as fractions of all prunable weights (Fig. 9); Iterative SNIP recovers none by design.
+    Runs of one method and sparsity (seeds) share a colour and one legend entry."""
     if not summaries:
         raise ConfigError("No pruning.json to plot. Pass the log dirs of progressive runs.")
     several = len({s["sparsity"] for s in summaries}) > 1
     fig, (top, bottom) = _subplots(2, 1, figsize=(6.0, 5.5), sharex=True)
     order = sort_methods([s["method"] for s in summaries])
+    labelled: set[str] = set()
     for summary in sorted(summaries, key=lambda s: (order.index(s["method"]), s["sparsity"])):
         history = _history(summary)
         total = sum(entry["total"] for entry in summary["layers"].values())
@@ -482,6 +484,9 @@ def pruned_recovered_figure(summaries: Sequence[dict[str, Any]], title: str = ""
         label = method_label(summary["method"])
         if several:
             label += f" ({remaining_percent(summary['sparsity']):.3g}% left)"
+        if label in labelled:
+            label = "_" + label  # matplotlib leaves labels starting with "_" out of the legend
+        labelled.add(label)
         color = method_color(summary["method"])
         top.plot(
             steps,

@@ -161,8 +161,9 @@ def cmd_progress(args: argparse.Namespace) -> None:
 
 def cmd_recovery(args: argparse.Namespace) -> None:
     summaries = load_summaries(args.runs, args.sparsity, args.methods)
-    progressive = [s for s in summaries if s.get("history")]
-    # a sweep folder also holds one-shot runs: drop them, but fail if nothing is left
+    progressive = [s for s in summaries if len(s.get("history") or []) > 1]
+    # a sweep folder also holds one-shot runs (a one-step history): drop them, but fail if
+    # nothing is left
     save(
         figures.pruned_recovered_figure(progressive or summaries[:1], args.title),
         args,
