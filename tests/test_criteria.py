@@ -51,6 +51,25 @@ def flat(scores: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([s.reshape(-1) for s in scores.values()])
 
 
+def assert_keeps_top_k(masks, expected: dict[str, torch.Tensor], k: int, tol: float) -> None:
+    """``masks`` keep ``k`` weights: every one whose reference score beats the (k+1)-th largest
+    by more than ``2 * tol``, none that trails the k-th by more than that.
+
+    If the mask's scores are within ``tol`` of the reference (as the allclose above checks for
+    the same computation), this holds for any rounding: a weight ``2 * tol`` above the (k+1)-th
+    reference score is beaten only by weights above that score, at most k - 1 others. Weights
+    nearer the threshold may swap with rounding (another CPU, another summation order): they are
+    left free, and the test asserts they are few.
+    """
+    kept, ref = flat(masks), flat(expected).detach().double()
+    assert kept.dtype == torch.bool and int(kept.sum()) == k
+    ordered = ref.sort(descending=True).values
+    clear_in, clear_out = ref > ordered[k] + 2 * tol, ref < ordered[k - 1] - 2 * tol
+    assert kept[clear_in].all() and not kept[clear_out].any()
+    free = int((~(clear_in | clear_out)).sum())
+    assert free <= 0.2 * ref.numel(), f"{free} of {ref.numel()} scores within 2 tol of the k-th"
+
+
 # --- SNIP -------------------------------------------------------------------------------------
 
 
@@ -87,15 +106,16 @@ def test_snip_scores_match_plain_autograd(num_batches):
     batches = [hand_batch(i) for i in range(num_batches)]
     expected = autograd_snip(net, batches)
     got = snip_scores(net, batches)
+    atol, rtol = 1e-7, 1e-5
     for name in expected:
-        assert torch.allclose(got[name], expected[name], atol=1e-7, rtol=1e-5), name
+        assert torch.allclose(got[name], expected[name], atol=atol, rtol=rtol), name
+    tol = atol + rtol * float(flat(expected).detach().abs().max())
     for sparsity in [0.3, 0.7, 0.9]:
         k = round((1 - sparsity) * flat(expected).numel())
         masks = run_pruning(
             net, batches, PruningConfig("snip", sparsity, num_batches=num_batches)
         ).masks
-        reference = global_topk_masks(expected, k)
-        assert all(torch.equal(masks[n], reference[n]) for n in reference)
+        assert_keeps_top_k(masks, expected, k, tol)
 
 
 @pytest.mark.parametrize("method", ["force", "iter_snip"])
@@ -143,10 +163,11 @@ def test_grasp_scores_match_forward_over_reverse(temperature, num_batches):
     batches = [hand_batch(i) for i in range(num_batches)]
     expected = func_grasp(net, batches, temperature)
     got = grasp_scores(net, batches, temperature=temperature)
-    scale = flat(expected).abs().max()
+    scale = float(flat(expected).abs().max())
     assert scale > 0
+    atol, rtol = 1e-5 * scale, 1e-4
     for name in expected:
-        assert torch.allclose(got[name], expected[name], atol=1e-5 * scale, rtol=1e-4), name
+        assert torch.allclose(got[name], expected[name], atol=atol, rtol=rtol), name
     # GRASP keeps the k SMALLEST scores: the top-k of the negated reference.
     for sparsity in [0.5, 0.8]:
         k = round((1 - sparsity) * flat(expected).numel())
@@ -155,8 +176,8 @@ def test_grasp_scores_match_forward_over_reverse(temperature, num_batches):
             batches,
             PruningConfig("grasp", sparsity, temperature=temperature, num_batches=num_batches),
         ).masks
-        reference = global_topk_masks({n: -s for n, s in expected.items()}, k)
-        assert all(torch.equal(masks[n], reference[n]) for n in reference)
+        negated = {n: -s for n, s in expected.items()}
+        assert_keeps_top_k(masks, negated, k, atol + rtol * scale)
 
 
 # --- magnitude, random ------------------------------------------------------------------------
