@@ -119,7 +119,10 @@ def test_recorded_saliency_matches_force_saliency():
     assert res.steps[-1].saliency == pytest.approx(final, rel=1e-5)
     snip = run_pruning(net, data, PruningConfig("snip", 0.9), record=True)
     assert snip.steps[0].saliency == pytest.approx(force_saliency(net, snip.masks, data), rel=1e-5)
-    assert all(r.saliency is not None and r.saliency > 0 for r in res.steps)
+    assert all(r.saliency is not None and r.saliency >= 0 for r in res.steps)
+    # m_1 keeps 46% of the weights, connected by a wide margin: its saliency cannot be 0 (a
+    # later mask of one seed might be disconnected, S = 0, on another machine's rounding)
+    assert res.steps[0].saliency > 0
     assert run_pruning(net, data, PruningConfig("force", 0.9, steps=3)).steps == []
 
 
