@@ -287,16 +287,32 @@ def test_force_saliency_views_are_measured_on_the_dense_theta0(tmp_path):
 def test_mixed_precision_runs_the_saliency_passes_under_autocast(tmp_path, monkeypatch):
     import pruning_lightning.callback as callback_module
 
-    seen = []
+    seen = []  # the amp_dtype of each mask computation
+    passes: list[tuple[bool, torch.dtype]] = []  # (autocast on, Linear output dtype) per forward
     real = callback_module.run_pruning
 
     def spy(*args, **kwargs):
         seen.append(args[2].amp_dtype)
-        return real(*args, **kwargs)
+        passes.clear()
+        model = args[0]
+        classifier = model.backbone.classifier if hasattr(model, "backbone") else model.classifier
+
+        def hook(module, inputs, output):
+            passes.append((torch.is_autocast_enabled("cpu"), output.dtype))
+
+        handle = classifier.register_forward_hook(hook)  # the saliency passes' forwards only
+        try:
+            return real(*args, **kwargs)
+        finally:
+            handle.remove()
 
     monkeypatch.setattr(callback_module, "run_pruning", spy)
     fit(tmp_path / "bf16", PruningCallback(method="snip", sparsity=0.5), precision="bf16-mixed")
+    # the callback runs outside Lightning's training-step autocast: only the engine's own
+    # autocast can make the classifier compute in bfloat16
+    assert passes and all(p == (True, torch.bfloat16) for p in passes), passes
     fit(tmp_path / "fp32", PruningCallback(method="snip", sparsity=0.5))
+    assert passes and all(p == (False, torch.float32) for p in passes), passes
     assert seen == [torch.bfloat16, None]
 
 
