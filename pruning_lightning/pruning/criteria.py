@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.masks import prunable_parameters, split_flat
@@ -194,11 +196,62 @@ def grasp_hessian_gradient(
     return hg
 
 
+#: Elementwise activations whose positive branch is (or tends to) the identity: the ReLU family
+#: and its smooth variants. Gates with a bounded range (sigmoid, tanh, hardsigmoid) are not here.
+LINEARISED_ACTIVATIONS = (
+    "relu", "relu6", "hardtanh", "leaky_relu", "rrelu", "elu", "celu", "gelu", "silu", "mish",
+    "hardswish", "softplus", "prelu",
+)  # fmt: skip
+
+
+def _activation_functions() -> frozenset[Callable]:
+    """Every callable, in-place variants included, through which torch runs those activations
+    (``F.relu``, ``torch.relu_``, ``Tensor.relu``, ``torch._C._nn.hardtanh_``, ...)."""
+    owners = (F, torch, Tensor, torch._C._nn)
+    return frozenset(
+        fn
+        for name in LINEARISED_ACTIVATIONS
+        for variant in (name, name + "_")
+        for owner in owners
+        if (fn := getattr(owner, variant, None)) is not None
+    )
+
+
+_ACTIVATION_FUNCTIONS = _activation_functions()
+
+
+class LinearActivations(TorchFunctionMode):
+    """While active, every activation of :data:`LINEARISED_ACTIVATIONS` returns its input.
+
+    SynFlow's R is the path norm of the *linearised* network, where all values are positive and a
+    ReLU is the identity; ReLU6 would clip them at 6 and Hardswish/SiLU/GELU would bend them. A
+    torch-function mode sees every call, module or functional (``F.relu`` inside a ``forward``)
+    alike, so no backbone needs its modules swapped. Pooling is left alone (see SynFlowNetwork).
+    """
+
+    def __torch_function__(
+        self,
+        func: Callable,
+        types: Sequence[type],
+        args: Sequence[object] = (),
+        kwargs: dict[str, object] | None = None,
+    ) -> object:
+        kwargs = kwargs or {}
+        if func in _ACTIVATION_FUNCTIONS:
+            return args[0] if args else kwargs["input"]
+        return func(*args, **kwargs)
+
+
 class SynFlowNetwork:
-    """SynFlow's linearised network: |parameters| in float64, eval mode, an all-ones input.
+    """SynFlow's linearised network: |parameters| in float64, eval mode, an all-ones input, every
+    activation the identity (:class:`LinearActivations`).
 
     As in Tanaka et al.'s reference code every floating parameter and buffer is replaced by its
-    absolute value (so no sign cancels, R > 0); the prunable weights are ``|theta0| * m``.
+    absolute value (so no sign cancels, R > 0); the prunable weights are ``|theta0| * m``. Max-pool
+    is evaluated as is, as in the reference: at the all-ones point each window passes on its
+    largest unit (the first of tied ones), so R is the l1 path norm over the paths through those
+    units. Max-pool is positively homogeneous, so without biases each layer that every path
+    crosses still has scores summing to R (docs/METHODS.md, SynFlow).
     """
 
     def __init__(
@@ -222,7 +275,7 @@ class SynFlowNetwork:
         """``|w * dR/dw|`` at ``w = |theta0| * m`` (None = all kept), R = sum of the outputs."""
         load_masked(self.weights, self.theta, masks)
         params = {**self.fixed, **dict(zip(self.names, self.weights, strict=True))}
-        with module_modes(self.model, False):
+        with module_modes(self.model, False), LinearActivations():
             r = functional_call(self.model, params, (self.x,)).sum()
         grads = torch.autograd.grad(r, self.weights)
         with torch.no_grad():
