@@ -9,6 +9,7 @@ keeping extra weights.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
@@ -46,11 +47,13 @@ def prunable_parameters(
     }
     include = fnmatch_patterns("include", include)
     exclude = fnmatch_patterns("exclude", exclude)
+    candidates = {name: p for name, p in model.named_parameters() if id(p) in weights}
+    if candidates:
+        check_patterns(model, list(candidates), include=include, exclude=exclude)
     chosen = {
         name: p
-        for name, p in model.named_parameters()
-        if id(p) in weights
-        and (include is None or any(fnmatchcase(name, pat) for pat in include))
+        for name, p in candidates.items()
+        if (include is None or any(fnmatchcase(name, pat) for pat in include))
         and not any(fnmatchcase(name, pat) for pat in exclude or ())
     }
     if not chosen:
@@ -61,6 +64,24 @@ def prunable_parameters(
             "model.named_parameters(), e.g. 'layer1.*.weight') leave at least one of them."
         )
     return chosen
+
+
+def check_patterns(
+    model: nn.Module, names: Sequence[str], **patterns: Sequence[str] | None
+) -> None:
+    """ConfigError for a pattern that matches none of the prunable ``names``: it would narrow
+    nothing, silently (e.g. ``*.classifier.weight`` on a bare backbone, whose name has no dot)."""
+    for arg, pats in patterns.items():
+        for pat in pats or ():
+            if any(fnmatchcase(name, pat) for name in names):
+                continue
+            nearest = difflib.get_close_matches(pat, names, n=3, cutoff=0.75)
+            hint = f" (nearest: {', '.join(nearest)})" if nearest else ""
+            raise ConfigError(
+                f"{arg} pattern {pat!r} matches no prunable layer of {type(model).__name__}, so it "
+                f"would be ignored: fix or drop it. The prunable tensors are {_few(list(names))}"
+                f"{hint}; patterns are fnmatch on the whole names from model.named_parameters()."
+            )
 
 
 def fnmatch_patterns(arg: str, value: Sequence[str] | str | None) -> tuple[str, ...] | None:
