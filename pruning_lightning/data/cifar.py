@@ -7,16 +7,23 @@ Two layouts are accepted in ``data_dir``:
 - an ImageFolder copy: ``train/<class>/*.png|jpg`` and ``test/<class>/*``. Labels follow the sorted
   class-folder names; CIFAR's own class lists are alphabetical, so with the official names they
   equal torchvision's label indices.
+
+The pickle files are read by a restricted unpickler that admits only what the official archives
+hold (dicts, lists, strings, ints and numpy arrays), so a tampered batch cannot run code; see
+docs/SECURITY.md.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, BinaryIO, Literal
 from urllib.error import URLError
 
+import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.datasets.utils import download_and_extract_archive
@@ -29,45 +36,67 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's array reconstructor, whatever its module
 
-class _PresenceCheck:
-    """Replaces torchvision's md5 checks of the batch files by presence checks.
+#: The only globals a CIFAR pickle may name: what numpy needs to rebuild an array (under the
+#: pre-2.0 module name the official archives use, and numpy 2's). Dicts, lists, str, bytes and
+#: ints need no global at all.
+CIFAR_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
 
-    torchvision's CIFAR classes compare every batch file (and the meta file) with the md5 of the
-    official release, which rejects the tiny fixtures the tests write and any re-packed copy of
-    the same arrays. We only read through these classes when not downloading; a download goes
-    through ``download_and_extract_archive``, which still verifies the archive's md5.
+
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A CIFAR pickle named a global outside :data:`CIFAR_PICKLE_GLOBALS` (``args[0]``)."""
+
+
+class _CIFARUnpickler(pickle.Unpickler):
+    """Resolves only :data:`CIFAR_PICKLE_GLOBALS`, from the table (nothing is imported): any other
+    global, the only way a pickle reaches code, stops the load before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return CIFAR_PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise ForbiddenGlobal(f"{module}.{name}") from None
+
+
+def load_cifar_pickle(file: BinaryIO) -> Any:
+    """Unpickle one CIFAR batch or meta file (latin1, as the archives were written by Python 2)
+    through :class:`_CIFARUnpickler`; raises :class:`ForbiddenGlobal` for anything else."""
+    return _CIFARUnpickler(file, encoding="latin1").load()
+
+
+class CIFARImages(Dataset):
+    """CIFAR images as torchvision's CIFAR10 holds them (``data``: N x 32 x 32 x 3 uint8, HWC),
+    their labels and class names; an item is ``(PIL image, label)``.
+
+    torchvision's own classes are used only for their constants (file names, URL, md5): their
+    constructor unpickles with plain ``pickle`` and checks the md5 of every batch file, which
+    rejects the tests' tiny fixtures and any re-packed copy of the same arrays.
     """
 
-    root: str
-    base_folder: str
-    train_list: list[list[str]]
-    test_list: list[list[str]]
-    meta: dict[str, str]
-
-    def _check_integrity(self) -> bool:
-        folder = Path(self.root) / self.base_folder
-        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
-
-    def _load_meta(self) -> None:
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+    def __init__(self, data: np.ndarray, targets: Sequence[int], classes: Sequence[str]) -> None:
+        self.data = data
+        self.targets = list(targets)
+        self.classes = list(classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
+    def __len__(self) -> int:
+        return len(self.targets)
 
-class _CIFAR10Pickle(_PresenceCheck, datasets.CIFAR10):
-    pass
-
-
-class _CIFAR100Pickle(_PresenceCheck, datasets.CIFAR100):
-    pass
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.data[index]), self.targets[index]
 
 
 class _CIFARDataModule(ImageDataModule):
     """CIFAR-10/100 logic; the public classes below only fix the constants and defaults."""
 
     dataset_name: str
-    reader: type[datasets.CIFAR10]
+    reader: type[datasets.CIFAR10]  # torchvision's class, for its constants only (never built)
     cifar_classes: int
     channel_mean: tuple[float, float, float]
     channel_std: tuple[float, float, float]
@@ -169,23 +198,51 @@ class _CIFARDataModule(ImageDataModule):
                 f"{', '.join(missing)}. Delete it and pass --data.download true, or point "
                 "--data.data_dir at a complete copy."
             )
-        try:
-            dataset = self.reader(str(root), train=train)
-            labels_ok = len(dataset.classes) == self.cifar_classes and all(
-                0 <= t < self.cifar_classes for t in dataset.targets
-            )
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, RuntimeError) as err:
-            raise ConfigError(
-                f"Cannot read the {self.dataset_name} batches in '{folder}': {err!r}. Delete the "
-                "folder and pass --data.download true, or point --data.data_dir at a good copy."
-            ) from err
-        if not labels_ok:
+        split = self.reader.train_list if train else self.reader.test_list
+        batches = [self._read(folder / name) for name, _ in split]
+        meta = self._read(folder / self.reader.meta["filename"])
+        try:  # torchvision's CIFAR10.__init__, on the restricted unpickler's output
+            data = np.vstack([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+            targets = [t for b in batches for t in b["labels" if "labels" in b else "fine_labels"]]
+            classes = list(meta[self.reader.meta["key"]])
+        except (KeyError, ValueError, TypeError) as err:
+            raise self._unreadable(folder, repr(err)) from err
+        labels_ok = len(classes) == self.cifar_classes and all(
+            isinstance(t, int) and 0 <= t < self.cifar_classes for t in targets
+        )
+        if not labels_ok or len(targets) != len(data) or data.dtype != np.uint8:
             raise ConfigError(
                 f"'{folder}' does not hold {self.dataset_name}: expected {self.cifar_classes} "
-                f"class names and labels in [0, {self.cifar_classes}). Point --data.data_dir at "
-                f"a {self.dataset_name} copy."
+                f"class names, uint8 images and one label in [0, {self.cifar_classes}) per image. "
+                f"Point --data.data_dir at a {self.dataset_name} copy."
             )
-        return dataset
+        return CIFARImages(data.transpose(0, 2, 3, 1), targets, classes)
+
+    def _read(self, path: Path) -> dict:
+        """One batch or meta file, through the restricted unpickler; a dict, else a ConfigError."""
+        try:
+            with open(path, "rb") as f:
+                entry = load_cifar_pickle(f)
+        except ForbiddenGlobal as err:
+            raise ConfigError(
+                f"Refusing to load '{path}': its pickle names {err}, and the official "
+                f"{self.dataset_name} batches hold only dicts, lists, strings, ints and numpy "
+                "arrays, so the file is not genuine and could run code (nothing of it ran). "
+                "Replace it from the official archive (delete the folder and pass "
+                "--data.download true)."
+            ) from None
+        except Exception as err:  # whatever a damaged pickle raises: the file is unreadable
+            raise self._unreadable(path.parent, f"{path.name}: {err!r}") from err
+        if not isinstance(entry, dict):
+            detail = f"{path.name} holds a {type(entry).__name__}, not a dict"
+            raise self._unreadable(path.parent, detail)
+        return entry
+
+    def _unreadable(self, folder: Path, detail: str) -> ConfigError:
+        return ConfigError(
+            f"Cannot read the {self.dataset_name} batches in '{folder}': {detail}. Delete the "
+            "folder and pass --data.download true, or point --data.data_dir at a good copy."
+        )
 
     def _load_folder(self, folder: Path) -> Dataset:
         try:
@@ -218,7 +275,7 @@ class CIFAR10DataModule(_CIFARDataModule):
     """CIFAR-10: 50,000 train / 10,000 test images, 32x32 RGB, 10 classes."""
 
     dataset_name = "CIFAR-10"
-    reader = _CIFAR10Pickle
+    reader = datasets.CIFAR10
     cifar_classes = 10
     channel_mean = CIFAR10_MEAN
     channel_std = CIFAR10_STD
@@ -256,7 +313,7 @@ class CIFAR100DataModule(_CIFARDataModule):
     """CIFAR-100: 50,000 train / 10,000 test images, 32x32 RGB, 100 (fine) classes."""
 
     dataset_name = "CIFAR-100"
-    reader = _CIFAR100Pickle
+    reader = datasets.CIFAR100
     cifar_classes = 100
     channel_mean = CIFAR100_MEAN
     channel_std = CIFAR100_STD
