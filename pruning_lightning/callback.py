@@ -4,13 +4,13 @@ It decides *when* to prune (at fit start, or after some dense training), feeds t
 training data, keeps pruned weights at zero through training, carries the mask in checkpoints,
 keeps every DDP rank on the same mask, and logs what the mask looks like. The math lives in
 `pruning_lightning.pruning` (which never imports Lightning), the pruning.json schema, scalars and
-figure in `pruning_lightning.report`; nothing here re-implements either.
+figure in `pruning_lightning.report`, the run record (pruning.json) in `pruning_lightning.record`;
+nothing here re-implements any of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from pruning_lightning import report
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.config import PruningConfig
+from pruning_lightning.lightning_internals import global_seed, train_loader
+from pruning_lightning.pruning.config import PruningConfig, ignores_steps
 from pruning_lightning.pruning.connectivity import effective_masks
 from pruning_lightning.pruning.engine import PruningResult, run_pruning
 from pruning_lightning.pruning.masks import (
@@ -35,9 +37,15 @@ from pruning_lightning.pruning.masks import (
     prunable_parameters,
     split_flat,
 )
-from pruning_lightning.pruning.registry import get_criterion, method_names
+from pruning_lightning.pruning.registry import method_names
 from pruning_lightning.pruning.saliency import force_saliency_views, seeded_loader
-from pruning_lightning.report import PruningSummary
+from pruning_lightning.record import (
+    PRUNING_JSON,
+    RunRecord,
+    config_fields,
+    mask_digest,
+    versions,
+)
 
 
 class PruningCallback(Callback):
@@ -82,20 +90,23 @@ class PruningCallback(Callback):
             log_figure: log a bar chart of the kept fraction per layer.
         """
         super().__init__()
-        if (
-            method in method_names()
-            and not get_criterion(method).progressive
-            and isinstance(steps, int)
-            and steps > 1
-        ):
+        if method in method_names() and ignores_steps(method, steps):
             rank_zero_warn(
                 f"--pruning.method {method} is one-shot: it ignores --pruning.steps {steps}."
             )
             steps = None
-        # the engine's own checks (method, sparsity, steps, schedule, ...), now; the seed and the
-        # autocast dtype are filled in at fit time
+        # the engine's own checks (method, sparsity, steps, schedule, ...), now; the seed (None:
+        # seed_everything's) and the autocast dtype are resolved at fit time (`resolved_config`)
         self.config = PruningConfig(
-            method, sparsity, steps, schedule, num_batches, seed or 0, include, exclude, temperature
+            method=method,
+            sparsity=sparsity,
+            steps=steps,
+            schedule=schedule,
+            num_batches=num_batches,
+            seed=seed,
+            include=include,
+            exclude=exclude,
+            temperature=temperature,
         )
         if prune_after_steps < 0 or prune_after_epochs < 0:
             raise ConfigError("--pruning.prune_after_steps/epochs must be >= 0.")
@@ -113,15 +124,6 @@ class PruningCallback(Callback):
                 f"--pruning.masks_path {masks_path!r} does not exist. Point it at a file written "
                 "by --pruning.save_masks_path."
             )
-        self.method = method
-        self.sparsity = sparsity
-        self.steps = steps
-        self.schedule = schedule
-        self.num_batches = num_batches
-        self.seed = seed
-        self.include = include
-        self.exclude = exclude
-        self.temperature = temperature
         self.masks_path = masks_path
         self.save_masks_path = save_masks_path
         self.prune_after_steps = prune_after_steps
@@ -129,7 +131,7 @@ class PruningCallback(Callback):
         self.verify_ranks = verify_ranks
         self.log_figure = log_figure
         self.masks: dict[str, Tensor] | None = None
-        self.summary: PruningSummary | None = None  # pruning.json, kept for resumed runs
+        self.record: RunRecord | None = None  # pruning.json, kept for resumed runs
         self._pruned: list[tuple[Tensor, Tensor]] = []  # (parameter, True where pruned)
         self._hook_handles: list[Any] = []
 
@@ -138,31 +140,48 @@ class PruningCallback(Callback):
     @property
     def enabled(self) -> bool:
         """Whether this run prunes at all (sparsity 0 without a mask file trains densely)."""
-        return self.sparsity > 0 or self.masks_path is not None
+        return self.config.sparsity > 0 or self.masks_path is not None
 
     @property
     def early(self) -> bool:
         return bool(self.prune_after_steps or self.prune_after_epochs)
 
-    def hparams(self) -> dict[str, Any]:
-        """The settings logged with the run's hyperparameters."""
-        keys = ("method", "sparsity", "steps", "schedule", "num_batches", "seed", "masks_path")
-        keys += ("prune_after_steps", "prune_after_epochs")
-        return {f"pruning/{key}": getattr(self, key) for key in keys}
+    def resolved_config(self, trainer: pl.Trainer | None = None) -> PruningConfig:
+        """The config this fit computes with: the seed after `seed_everything`, and the autocast
+        dtype of a mixed-precision trainer."""
+        seed = self.config.seed
+        if seed is None:
+            seed = global_seed() or 0
+        amp_dtype = autocast_dtype(trainer) if trainer is not None else None
+        return dataclasses.replace(self.config, seed=seed, amp_dtype=amp_dtype)
+
+    def run_options(self) -> dict[str, Any]:
+        """The record's fields on where the mask comes from, besides the config's (logged with it
+        as the run's hyperparameters)."""
+        return {
+            "masks_path": self.masks_path,
+            "prune_after_steps": self.prune_after_steps,
+            "prune_after_epochs": self.prune_after_epochs,
+            "global_seed": global_seed(),
+        }
 
     # -- Lightning hooks ------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        options = {**config_fields(self.resolved_config(trainer)), **self.run_options()}
+        hparams = report.hyperparameters(options)
         for logger in trainer.loggers:
-            logger.log_hyperparams(self.hparams())
+            logger.log_hyperparams(hparams)
         if self.masks is not None:  # restored from a checkpoint: never recompute
             rank_zero_info("PruningCallback: using the mask stored in the checkpoint.")
             self._install(trainer, pl_module, self.masks)
             # a resumed run logs to a new version folder: describe the mask there too
-            self._write_summary(trainer, _log_dir(trainer))
+            self._write_record(trainer, _log_dir(trainer))
         elif self.masks_path is not None:
             masks = self._load_masks(pl_module)
-            self._finish(trainer, pl_module, masks, None, self._saliency_data(trainer))
+            kept, total = kept_total(kept_counts(masks))  # the file decides the sparsity
+            config = dataclasses.replace(self.resolved_config(trainer), sparsity=1 - kept / total)
+            self._finish(trainer, pl_module, masks, config, None, self._saliency_data(trainer))
         elif self.enabled and not self.early:
             self._prune(trainer, pl_module)
 
@@ -230,36 +249,37 @@ class PruningCallback(Callback):
         masks = None if self.masks is None else {k: v.cpu() for k, v in self.masks.items()}
         return {
             "masks": masks,
-            "method": self.method,
-            "sparsity": self.sparsity,
-            "summary": None if self.summary is None else self.summary.to_dict(),
+            "record": None if self.record is None else self.record.to_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.masks = state_dict.get("masks")
-        summary = state_dict.get("summary")
-        self.summary = None if summary is None else PruningSummary.from_dict(summary)
+        record = state_dict.get("record", state_dict.get("summary"))  # "summary": before schema 2
+        self.record = None if record is None else RunRecord.from_dict(record)
 
     # -- the work -------------------------------------------------------------------------------
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         data = self._saliency_data(trainer)
+        config = self.resolved_config(trainer)
         rank_zero_info(
-            f"PruningCallback: computing a {self.method} mask at sparsity {self.sparsity} ..."
+            f"PruningCallback: computing a {config.method} mask at sparsity {config.sparsity} "
+            f"(T = {config.steps}, seed {config.seed}) ..."
         )
-        result = self.compute(
+        result = run_pruning(
             pl_module,
             data,
-            amp_dtype=autocast_dtype(trainer),
+            config,
             grad_reduce=self._grad_reduce(trainer),
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
+            record=True,
         )
-        if trainer.world_size > 1 and not self.config.criterion.needs_data:
+        if trainer.world_size > 1 and not config.criterion.needs_data:
             # no gradient is all-reduced: float kernels could differ by a bit between ranks
             _broadcast_masks(result.masks)
         if self.verify_ranks and trainer.world_size > 1:
             self._verify_identical(trainer, result.masks)
-        self._finish(trainer, pl_module, result.masks, result, data)
+        self._finish(trainer, pl_module, result.masks, config, result, data)
 
     def compute(
         self,
@@ -272,7 +292,7 @@ class PruningCallback(Callback):
     ) -> PruningResult:
         """The mask computation of a fit, per-step records included: exactly what `fit` runs on
         the model and the saliency data (and what benchmarks/mask_time.py times)."""
-        config = dataclasses.replace(self.config, seed=self._seed(), amp_dtype=amp_dtype)
+        config = dataclasses.replace(self.resolved_config(), amp_dtype=amp_dtype)
         return run_pruning(
             model, data, config, grad_reduce=grad_reduce, progress=progress, record=True
         )
@@ -282,11 +302,12 @@ class PruningCallback(Callback):
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         masks: dict[str, Tensor],
+        config: PruningConfig,
         result: PruningResult | None,
         data: Iterable | None,
     ) -> None:
         """Measure the mask on the dense theta0, then zero the pruned weights, then report."""
-        self.summary = self._measure(trainer, pl_module, masks, result, data)
+        self.record = self._measure(trainer, pl_module, masks, config, result, data)
         self._install(trainer, pl_module, masks)
         if self.save_masks_path and trainer.is_global_zero:
             torch.save({k: v.cpu() for k, v in masks.items()}, self.save_masks_path)
@@ -330,13 +351,11 @@ class PruningCallback(Callback):
         Never the trainer's own iterator: iterating that here would disturb training. Full
         batches only (as in the official code), and a new shuffle on each pass over the data.
         """
-        loader = _train_loader(trainer)
+        loader = train_loader(trainer)
         if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__len__"):
             return loader
-        return seeded_loader(loader, self._seed(), trainer.world_size, trainer.global_rank)
-
-    def _seed(self) -> int:
-        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = self.resolved_config(trainer).seed
+        return seeded_loader(loader, seed, trainer.world_size, trainer.global_rank)
 
     @staticmethod
     def _grad_reduce(trainer: pl.Trainer):
@@ -390,13 +409,13 @@ class PruningCallback(Callback):
             isinstance(k, str) and isinstance(v, Tensor) for k, v in masks.items()
         ):
             raise not_a_mask
-        check_masks(pl_module, masks, include=self.include, exclude=self.exclude)
+        check_masks(pl_module, masks, include=self.config.include, exclude=self.config.exclude)
         kept, total = kept_total(kept_counts(masks))
-        file_sparsity = 1 - kept / total
-        if self.sparsity > 0 and abs(file_sparsity - self.sparsity) > 1 / total:
+        file_sparsity, sparsity = 1 - kept / total, self.config.sparsity
+        if sparsity > 0 and abs(file_sparsity - sparsity) > 1 / total:
             raise ConfigError(
                 f"--pruning.masks_path has sparsity {file_sparsity:.6f} but --pruning.sparsity is "
-                f"{self.sparsity}. Drop --pruning.sparsity (the file decides) or fix it."
+                f"{sparsity}. Drop --pruning.sparsity (the file decides) or fix it."
             )
         return masks
 
@@ -407,9 +426,10 @@ class PruningCallback(Callback):
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         masks: dict[str, Tensor],
+        config: PruningConfig,
         result: PruningResult | None,
         data: Iterable | None,
-    ) -> PruningSummary:
+    ) -> RunRecord:
         """What pruning.json holds, measured on every rank while theta0 is still dense.
 
         The saliency pass runs on every rank with its gradient all-reduced (a SyncBatchNorm in
@@ -430,29 +450,36 @@ class PruningCallback(Callback):
             saliency = force_saliency_views(
                 pl_module, masks, [batch], grad_reduce=self._grad_reduce(trainer)
             )
-        options = {key.removeprefix("pruning/"): value for key, value in self.hparams().items()}
-        return PruningSummary.measure(
-            options,
+        return RunRecord.measure(
+            config,
             kept_counts(masks),
             connected=connected,
             saliency=saliency,
             result=result,
             effective=effective,
+            **self.run_options(),
+            pruned_at_step=trainer.global_step,
+            pruned_at_epoch=trainer.current_epoch,
+            input_shape=None if input_shape is None else list(input_shape),
+            mask_sha256=mask_digest(masks),
+            world_size=trainer.world_size,
+            device_type=pl_module.device.type,
+            versions=versions(),
         )
 
     def _report(self, trainer: pl.Trainer, result: PruningResult | None) -> None:
         """Warn about collapse, log scalars/figure/history, write pruning.json (rank zero)."""
-        summary = self.summary
-        assert summary is not None
+        record = self.record
+        assert record is not None
         log_dir = _log_dir(trainer)  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:  # the masks are identical on every rank
             return
-        collapsed, connected = summary.collapsed_layers, not summary.disconnected
+        collapsed, connected = record.collapsed_layers, not record.disconnected
         if not connected:
             rank_zero_warn(
                 "PRUNED NETWORK IS DISCONNECTED: no path from input to output survives this mask, "
                 "so the output no longer depends on the input and training can only reach chance "
-                f"accuracy. Lower the sparsity ({self.sparsity}) or try another method.",
+                f"accuracy. Lower the sparsity ({record.sparsity}) or try another method.",
                 category=UserWarning,
             )
         if collapsed:
@@ -468,28 +495,28 @@ class PruningCallback(Callback):
             )
         effective = (
             ""
-            if summary.effective_sparsity is None
-            else f", effective {summary.effective_sparsity:.4%}"
+            if record.effective_sparsity is None
+            else f", effective {record.effective_sparsity:.4%}"
         )
         rank_zero_info(
-            f"PruningCallback: kept {summary.kept:,} of {summary.total:,} prunable weights "
-            f"(sparsity {summary.global_sparsity:.4%}{effective})"
+            f"PruningCallback: kept {record.kept:,} of {record.total:,} prunable weights "
+            f"(sparsity {record.global_sparsity:.4%}{effective})"
             + (f" in {result.seconds:.1f} s." if result is not None else ".")
         )
         for logger in trainer.loggers:
-            logger.log_metrics(summary.scalars(), step=trainer.global_step)
-            for step, metrics in summary.step_scalars():
+            logger.log_metrics(report.scalars(record), step=trainer.global_step)
+            for step, metrics in report.step_scalars(record):
                 logger.log_metrics(metrics, step=step)
         if self.log_figure:
-            self._log_figure(trainer, log_dir, summary.figure())
-        self._write_summary(trainer, log_dir)
+            self._log_figure(trainer, log_dir, report.figure(record))
+        self._write_record(trainer, log_dir)
 
-    def _write_summary(self, trainer: pl.Trainer, log_dir: str | None) -> None:
-        """pruning.json in the run's log dir (rank zero; nothing without a logger or summary)."""
-        if log_dir is None or self.summary is None or not trainer.is_global_zero:
+    def _write_record(self, trainer: pl.Trainer, log_dir: str | None) -> None:
+        """pruning.json in the run's log dir (rank zero; nothing without a logger or record)."""
+        if log_dir is None or self.record is None or not trainer.is_global_zero:
             return
         Path(log_dir).mkdir(parents=True, exist_ok=True)
-        (Path(log_dir) / "pruning.json").write_text(self.summary.to_json())
+        (Path(log_dir) / PRUNING_JSON).write_text(self.record.to_json())
 
     @staticmethod
     def _log_figure(trainer: pl.Trainer, log_dir: str | None, figure: Any) -> None:
@@ -508,7 +535,7 @@ class PruningCallback(Callback):
         trainer = pl_module.trainer
         if trainer.sanity_checking or (not self.enabled and trainer.state.fn == TrainerFn.FITTING):
             return
-        params = prunable_parameters(pl_module, self.include, self.exclude)
+        params = prunable_parameters(pl_module, self.config.include, self.config.exclude)
         zeros = sum(int((p == 0).sum()) for p in params.values())
         total = sum(p.numel() for p in params.values())
         # equal on every rank; sync_dist keeps Lightning's epoch-level reduction well defined
@@ -526,19 +553,6 @@ def _zero(pairs: list[tuple[Tensor, Tensor]]) -> None:
     with torch.no_grad():
         for p, pruned in pairs:
             p.masked_fill_(pruned, 0)
-
-
-def _train_loader(trainer: pl.Trainer) -> Iterable:
-    """The training loader of this fit, asked for in on_fit_start (before the fit loop builds it).
-
-    From the datamodule when there is one. Otherwise (`fit(model, train_dataloaders=...)`)
-    Lightning has no public accessor for it yet, so the fit loop's public `setup_data()` builds it
-    now, as Lightning's own `estimated_stepping_batches` does; the fit loop then reuses it.
-    """
-    if trainer.datamodule is not None:
-        return trainer.datamodule.train_dataloader()
-    trainer.fit_loop.setup_data()
-    return trainer.train_dataloader
 
 
 def _log_dir(trainer: pl.Trainer) -> str | None:

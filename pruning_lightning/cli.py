@@ -21,6 +21,7 @@ import pruning_lightning.data  # registers the datamodules for `--data NAME`
 from pruning_lightning.callback import PruningCallback
 from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.lightning_internals import set_argument_help
 from pruning_lightning.pruning.registry import method_names
 
 DATAMODULES = [name for name in pruning_lightning.data.__all__ if name != "ImageDataModule"]
@@ -66,9 +67,9 @@ class PruningCLI(LightningCLI):
 
 def _describe_methods(parser: LightningArgumentParser) -> None:
     """`--pruning.method`'s help lists the registry as it is now (methods added by users too)."""
-    for action in parser._actions:  # argparse keeps no public accessor for one action
-        if action.dest == "pruning.method":
-            action.help = f"Pruning method, one of: {', '.join(method_names())}."
+    set_argument_help(
+        parser, "pruning.method", f"Pruning method, one of: {', '.join(method_names())}."
+    )
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> PruningCLI:

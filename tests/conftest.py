@@ -106,6 +106,7 @@ def fit(
     model=None,
     ckpt_path=None,
     datamodule=None,
+    seed: int = 0,
     **trainer_kwargs,
 ) -> tuple[pl.Trainer, ImageClassifier]:
     """Seeded fit of ``model`` (default ``tiny_model()``) on the digits: 1 epoch of 4 batches, CPU.
@@ -116,7 +117,7 @@ def fit(
 
     from pruning_lightning.data import DigitsDataModule
 
-    pl.seed_everything(0)
+    pl.seed_everything(seed)
     model = model or tiny_model()
     defaults = dict(
         default_root_dir=tmp_path,

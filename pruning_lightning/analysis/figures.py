@@ -27,7 +27,7 @@ from pruning_lightning.analysis.results import (
     require_unique,
 )
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.registry import criteria_list, get_criterion, method_names
+from pruning_lightning.pruning.registry import DENSE, criteria_list, get_criterion, method_names
 from pruning_lightning.report import short_layer_name
 
 DENSE_COLOR, DENSE_LABEL = "#000000", "Dense"
@@ -49,7 +49,7 @@ def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[
 
 def method_color(method: str) -> str:
     """The method's colour from the registry; other names get a spare colour fixed by the name."""
-    if method == "dense":
+    if method == DENSE:
         return DENSE_COLOR
     if method in method_names():
         return get_criterion(method).color
@@ -57,14 +57,14 @@ def method_color(method: str) -> str:
 
 
 def method_label(method: str) -> str:
-    if method == "dense":
+    if method == DENSE:
         return DENSE_LABEL
     return get_criterion(method).label if method in method_names() else method
 
 
 def sort_methods(methods: Sequence[str]) -> list[str]:
     """Registered methods in registry order (legend order), then dense, then the rest."""
-    known = [*method_names(), "dense"]
+    known = [*method_names(), DENSE]
     unique = list(dict.fromkeys(methods))
     return sorted(unique, key=lambda m: (known.index(m) if m in known else len(known), m))
 
@@ -196,12 +196,12 @@ def _accuracy_panel(
         mean, std = mean_std(dense)
         ax.axhline(
             mean,
-            color=method_color("dense"),
+            color=method_color(DENSE),
             linestyle="--",
             linewidth=1,
-            label=f"{method_label('dense')} ({mean:.1f}%)",
+            label=f"{method_label(DENSE)} ({mean:.1f}%)",
         )
-        ax.axhspan(mean - std, mean + std, color=method_color("dense"), alpha=0.08)
+        ax.axhspan(mean - std, mean + std, color=method_color(DENSE), alpha=0.08)
     if x_column == "sparsity":
         _remaining_axis(ax, xs_all)
     else:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pruning_lightning.analysis import figures
+from pruning_lightning.analysis.assignments import parse_assignments
 from pruning_lightning.analysis.results import (
     PRUNING_JSON,
     collect_runs,
@@ -103,7 +104,8 @@ def load_summaries(
 def summaries_from_table(rows: Sequence[dict[str, Any]], source: str) -> list[str]:
     """The run dirs of a results table (its run_dir column), pruned runs only."""
     require_columns(rows, text=["run_dir", "method"], source=source)
-    return [str(r["run_dir"]) for r in rows if r["method"] != "dense"]
+    require_columns(rows, numeric=["sparsity"], source=source)
+    return [str(r["run_dir"]) for r in rows if r["sparsity"] > 0]
 
 
 def save(fig, args: argparse.Namespace, tag: str) -> None:
@@ -188,11 +190,8 @@ def cmd_saliency(args: argparse.Namespace) -> None:
         if not Path(config).is_file():
             raise ConfigError(f"--config {config!r} does not exist.")
     overrides = []
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE, e.g. --set model.width=8.")
-        overrides += [f"--{key.removeprefix('--')}", value]
+    for key, (value,) in parse_assignments(args.set, "--set"):
+        overrides += [f"--{key}", value]
     out = Path(args.out)
     rows = []
     for seed in args.seeds:

@@ -24,10 +24,10 @@ from typing import Any
 import yaml
 
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.report import PruningSummary
+from pruning_lightning.pruning.registry import DENSE
+from pruning_lightning.record import PRUNING_JSON, read_record
 
 TEST_METRICS = "test_metrics.json"
-PRUNING_JSON = "pruning.json"
 
 #: The leading columns of every results table, in this order; any others follow.
 RESULT_COLUMNS = [
@@ -145,7 +145,7 @@ def _read_json(path: Path) -> Any:
         ) from err
 
 
-def _dig(config: dict, dotted: str) -> Any:
+def dig(config: dict, dotted: str) -> Any:
     """``config['a']['b']`` for ``'a.b'``, looking through jsonargparse's ``init_args`` levels."""
     node: Any = config
     for key in dotted.split("."):
@@ -169,32 +169,21 @@ def read_config(log_dir: str | Path) -> dict:
 
 
 def read_pruning_json(path: str | Path) -> dict:
-    """Load and check a ``pruning.json`` (a file, or a log dir holding one)."""
+    """A checked run record as a dict (a ``pruning.json``, or a log dir holding one), with the
+    file it came from under ``_path``."""
     path = Path(path)
-    if path.is_dir():
-        path = path / PRUNING_JSON
-    if not path.is_file():
-        raise ConfigError(
-            f"{path} does not exist. Pass a pruning.json written by a pruned run (or the run's "
-            "log dir, lightning_logs/version_N); dense runs (sparsity 0) write none."
-        )
-    try:
-        summary = PruningSummary.from_dict(_read_json(path)).to_dict()
-    except ValueError as err:
-        raise ConfigError(
-            f"{path} is malformed: {err}. It must be the pruning.json that the pruning "
-            "callback writes; rerun the run to regenerate it."
-        ) from None
-    summary["_path"] = str(path)
-    return summary
+    record = read_record(path).to_dict()
+    record["_path"] = str(path / PRUNING_JSON if path.is_dir() else path)
+    return record
 
 
 def read_run(log_dir: str | Path) -> dict[str, Any]:
     """One tidy row from a finished run's log dir (see :data:`RESULT_COLUMNS`).
 
-    A run with sparsity 0 is dense whatever its ``pruning.method`` says, so its method is
-    ``"dense"``; it has no pruning.json, so its mask columns are empty. A resumed run whose log dir
-    lacks pruning.json takes it from an earlier attempt (:func:`find_pruning_json`).
+    Every pruning column comes from the run record (pruning.json); a resumed run whose log dir
+    lacks one takes it from an earlier attempt (:func:`find_pruning_json`). A dense run (sparsity
+    0) writes no record: its method is :data:`DENSE`, its seed ``seed_everything``'s from
+    ``config.yaml``, and its mask columns are empty.
     """
     log_dir = Path(log_dir)
     metrics_path = log_dir / TEST_METRICS
@@ -213,17 +202,15 @@ def read_run(log_dir: str | Path) -> dict[str, Any]:
     pruning_path = find_pruning_json(log_dir)
     summary = read_pruning_json(pruning_path) if pruning_path is not None else None
     row: dict[str, Any] = {}
-    source = summary if summary is not None else (config.get("pruning") or {})
-    sparsity = source.get("sparsity", 0.0) or 0.0
-    if summary is not None and not sparsity:  # a loaded mask file decides the sparsity
-        sparsity = summary.get("global_sparsity") or 0.0
-    row["method"] = source.get("method", "dense") if sparsity > 0 else "dense"
-    row["sparsity"] = sparsity
-    row["seed"] = config.get("seed_everything")
-    history = summary.get("history", []) if summary else []
-    row["steps"] = source.get("steps") or (len(history) if history else None)
-    row["schedule"] = source.get("schedule")
-    row["num_batches"] = source.get("num_batches")
+    if summary is not None:
+        row["method"], row["sparsity"] = summary["method"], summary["sparsity"]
+        seed = summary["global_seed"]  # the run's seed, as sweeps count seeds
+        row["seed"] = summary["seed"] if seed is None else seed
+        for key in ("steps", "schedule", "num_batches"):
+            row[key] = summary[key]
+    else:
+        row.update(method=DENSE, sparsity=0.0, seed=config.get("seed_everything"))
+        row.update(steps=None, schedule=None, num_batches=None)
     for key, value in metrics.items():
         row[key.replace("/", "_")] = value
     if summary is not None:

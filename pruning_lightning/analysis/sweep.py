@@ -37,14 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from pruning_lightning.analysis import resume
+from pruning_lightning.analysis.assignments import parse_assignments
 from pruning_lightning.analysis.results import (
+    dig,
     find_log_dir,
-    parse_value,
+    read_config,
     read_run,
     write_table,
 )
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.registry import get_criterion, method_names
+from pruning_lightning.pruning.registry import DENSE, get_criterion, method_names
 
 # Seconds before the time limit at which SLURM sends the requeue signal (SIGUSR1) to the runs.
 REQUEUE_SIGNAL_SECONDS = 90
@@ -52,7 +54,7 @@ REQUEUE_SIGNAL_SECONDS = 90
 RESUME_SCRIPT = Path(resume.__file__).resolve()
 
 # Keys the sweep sets itself; a --grid or --set on them would be silently overridden.
-_RESERVED = {
+RESERVED = {
     "pruning.method": "--methods",
     "pruning.sparsity": "--sparsities",
     "seed_everything": "--seeds",
@@ -85,10 +87,8 @@ class RunSpec:
         args = []
         for key, value in self.grid:
             args += [f"--{key}", value]
-        if self.method != "dense":
+        if self.sparsity > 0:
             args += ["--pruning.method", self.method]
-        if _one_shot(self.method) and "pruning.steps" not in dict(self.grid):
-            args += ["--pruning.steps", "1"]  # a base config's T (e.g. 10) is refused by snip
         args += [
             "--pruning.sparsity",
             repr(float(self.sparsity)),
@@ -102,33 +102,6 @@ def _safe(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+=-]+", "_", value)
 
 
-def parse_assignments(items: Sequence[str], flag: str, multi: bool) -> list[tuple[str, list[str]]]:
-    """``["pruning.steps=1,10"]`` -> ``[("pruning.steps", ["1", "10"])]``; ConfigError on typos.
-
-    ``multi`` splits the value on commas (``--grid``); ``--set`` keeps it whole.
-    """
-    parsed: list[tuple[str, list[str]]] = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().removeprefix("--")
-        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w.]*", key):
-            raise ConfigError(
-                f"{flag} {item!r} is not KEY=VALUE. Write e.g. {flag} pruning.steps="
-                f"{'1,10,60' if multi else '10'} (the key is the CLI option without '--')."
-            )
-        if key in _RESERVED:
-            raise ConfigError(
-                f"{flag} {key}=... clashes with the sweep itself: set it with {_RESERVED[key]}."
-            )
-        if any(key == k for k, _ in parsed):
-            raise ConfigError(f"{flag} names {key!r} twice. Give each key once.")
-        values = [v.strip() for v in value.split(",")] if multi else [value]
-        if any(v == "" for v in values):
-            raise ConfigError(f"{flag} {item!r} has an empty value. Write e.g. {key}=1,10.")
-        parsed.append((key, values))
-    return parsed
-
-
 def expand(
     methods: Sequence[str],
     sparsities: Sequence[float],
@@ -138,8 +111,8 @@ def expand(
     """Every combination, seeds innermost, without runs that would only repeat another.
 
     Sparsity 0 is one dense run per seed (whatever the methods) and takes the first value of
-    every ``pruning.*`` grid key, since nothing is pruned. One-shot methods run with T = 1 (the
-    engine refuses steps > 1 for them), so a ``pruning.steps`` grid gives them one run.
+    every ``pruning.*`` grid key, since nothing is pruned. One-shot methods run with T = 1 (they
+    ignore a larger T), so a ``pruning.steps`` grid gives them one run.
     """
     if not methods or not sparsities or not seeds:
         raise ConfigError("A sweep needs at least one method, one sparsity and one seed.")
@@ -156,9 +129,9 @@ def expand(
         point = tuple(zip(keys, values, strict=True))
         for method, sparsity, seed in itertools.product(methods, sparsities, seeds):
             if sparsity == 0:
-                method = "dense"
+                method = DENSE
                 here = tuple((k, first[k] if k.startswith("pruning.") else v) for k, v in point)
-            elif _one_shot(method):
+            elif not get_criterion(method).progressive:
                 here = tuple((k, "1" if k == "pruning.steps" else v) for k, v in point)
             else:
                 here = point
@@ -166,10 +139,6 @@ def expand(
             if spec not in specs:
                 specs.append(spec)
     return specs
-
-
-def _one_shot(method: str) -> bool:
-    return method != "dense" and not get_criterion(method).progressive
 
 
 def _check_methods(methods: Sequence[str]) -> None:
@@ -222,15 +191,16 @@ def _status_note(run_root: Path) -> str:
 
 
 def collect(specs: Sequence[RunSpec], out: Path) -> list[dict[str, Any]]:
-    """The tidy rows of the finished runs of ``specs``, grid values as columns."""
+    """The tidy rows of the finished runs of ``specs``, with each grid key as a column holding
+    the value the run's saved config has (what the run was given)."""
     rows = []
     for spec in specs:
         log_dir = find_log_dir(out / spec.name)
         if log_dir is None:
             continue
         row = read_run(log_dir)
-        row["method"], row["seed"] = spec.method, spec.seed
-        row.update({key: parse_value(value) for key, value in spec.grid})
+        config = read_config(log_dir)
+        row.update({key: dig(config, key) for key, _ in spec.grid})
         row["name"] = spec.name
         rows.append(row)
     return rows
@@ -504,8 +474,8 @@ def _main(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}.")
     configs = [str(Path(c).resolve()) for c in args.config]
-    grid = parse_assignments(args.grid, "--grid", multi=True)
-    sets = [(k, v[0]) for k, v in parse_assignments(args.set, "--set", multi=False)]
+    grid = parse_assignments(args.grid, "--grid", multi=True, reserved=RESERVED)
+    sets = [(k, v[0]) for k, v in parse_assignments(args.set, "--set", reserved=RESERVED)]
     clash = {k for k, _ in grid} & {k for k, _ in sets}
     if clash:
         raise ConfigError(f"{', '.join(sorted(clash))} is both in --grid and --set; keep one.")

@@ -27,7 +27,9 @@ class PruningConfig:
             60, SynFlow 100), resolved on construction, so ``steps`` is always an int afterwards.
         schedule: ``"exp"`` or ``"linear"`` kept-count schedule of the progressive methods.
         num_batches: batches per gradient (averaged); progressive methods draw them fresh each step.
-        seed: seeds the random scores, and (inside a forked RNG) dropout and the data order.
+        seed: seeds the random scores, and (inside a forked RNG) dropout and the data order;
+            None = not chosen yet (the callback fills in ``seed_everything``'s at fit time), which
+            :func:`~pruning_lightning.pruning.engine.run_pruning` refuses.
         include: fnmatch patterns narrowing the prunable tensors.
         exclude: fnmatch patterns removing prunable tensors.
         temperature: GRASP's logit temperature (200 in the paper).
@@ -41,7 +43,7 @@ class PruningConfig:
     steps: int | None = None
     schedule: str = "exp"
     num_batches: int = 1
-    seed: int = 0
+    seed: int | None = 0
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] | None = None
     temperature: float = 200.0
@@ -68,7 +70,7 @@ class PruningConfig:
                 f"steps must be an integer >= 1 (the number of pruning iterations T), "
                 f"got {steps!r}."
             )
-        if not criterion.progressive and steps is not None and steps > 1:
+        if ignores_steps(self.method, steps):
             progressive = ", ".join(c.name for c in criteria_list() if c.progressive)
             raise ConfigError(
                 f"steps={steps} only applies to the progressive methods ({progressive}); "
@@ -84,7 +86,7 @@ class PruningConfig:
                 f"num_batches must be an integer >= 1 (batches averaged per gradient), "
                 f"got {self.num_batches!r}."
             )
-        if _not_int(self.seed):
+        if self.seed is not None and _not_int(self.seed):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}.")
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
@@ -115,6 +117,18 @@ class PruningConfig:
     @property
     def criterion(self) -> Criterion:
         return get_criterion(self.method)
+
+
+def ignores_steps(method: str, steps: object) -> bool:
+    """Whether ``steps`` is a T > 1 given to a one-shot method: the one rule for it. The API
+    refuses it (:class:`PruningConfig`); a config file's T, written for a progressive method,
+    is ignored with a warning by the callback, so a config survives switching the method."""
+    return (
+        not get_criterion(method).progressive
+        and isinstance(steps, int)
+        and not isinstance(steps, bool)
+        and steps > 1
+    )
 
 
 def _not_int(value: object) -> bool:

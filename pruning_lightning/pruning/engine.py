@@ -74,6 +74,11 @@ def run_pruning(
         raise ConfigError(
             f"progress must be True/False or a callable (step, total), got {progress!r}."
         )
+    if config.seed is None:
+        raise ConfigError(
+            "run_pruning needs a seed: PruningConfig(..., seed=None) is unresolved; pass an "
+            "integer seed (the callback fills in seed_everything's)."
+        )
     criterion = config.criterion
     if data is None and criterion.needs_data:
         data_free = ", ".join(c.name for c in criteria_list() if not c.needs_data)

@@ -49,12 +49,16 @@ class Criterion:
 
 _CRITERIA: dict[str, Criterion] = {}
 
+#: What tables and figures call a run with sparsity 0. Not a method: a run is dense iff its
+#: sparsity is 0, which is what code tests; no method may take this name.
+DENSE = "dense"
+
 
 def register(criterion: Criterion) -> Criterion:
     """Add a method; its name must be new (use :func:`unregister` first to replace one)."""
     if not isinstance(criterion, Criterion):
         raise TypeError(f"register() takes a Criterion, got {type(criterion).__name__}")
-    if criterion.name in _CRITERIA or criterion.name == "dense":
+    if criterion.name in _CRITERIA or criterion.name == DENSE:
         raise ValueError(f"a pruning method named {criterion.name!r} exists already")
     if criterion.default_steps < 1 or (criterion.default_steps > 1 and not criterion.progressive):
         raise ValueError(f"{criterion.name}: default_steps > 1 needs progressive=True")
