@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from pruning_lightning.callback import PruningCallback
 from pruning_lightning.models import build_backbone
 from pruning_lightning.pruning import method_names
-from pruning_lightning.pruning.saliency import seeded_loader
+from pruning_lightning.pruning.batches import seeded_loader
 
 METHODS = ("force", "iter_snip")  # the default; any registered method may be asked for
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from pruning_lightning import report
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.lightning_internals import global_seed, train_loader
+from pruning_lightning.pruning.batches import seeded_loader
 from pruning_lightning.pruning.config import PruningConfig, ignores_steps
 from pruning_lightning.pruning.connectivity import effective_masks
 from pruning_lightning.pruning.engine import PruningResult, run_pruning
@@ -38,7 +39,7 @@ from pruning_lightning.pruning.masks import (
     split_flat,
 )
 from pruning_lightning.pruning.registry import method_names
-from pruning_lightning.pruning.saliency import force_saliency_views, seeded_loader
+from pruning_lightning.pruning.saliency import force_saliency_views
 from pruning_lightning.record import (
     PRUNING_JSON,
     RunRecord,

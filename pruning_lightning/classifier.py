@@ -50,7 +50,7 @@ class ImageClassifier(pl.LightningModule):
     ) -> None:
         """
         Args:
-            backbone: resnet18, resnet34, resnet50, resnet110, vgg16, vgg19 or mobilenetv2.
+            backbone: a name in `pruning_lightning.models.BACKBONES` (`fit --help` lists them).
             num_classes: classes of the dataset (linked from the datamodule by the CLI).
             in_channels: image channels (linked from the datamodule by the CLI).
             image_size: image height and width (linked from the datamodule by the CLI).

@@ -22,6 +22,7 @@ from pruning_lightning.callback import PruningCallback
 from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.lightning_internals import set_argument_help
+from pruning_lightning.models import BACKBONES
 from pruning_lightning.pruning.registry import method_names
 
 DATAMODULES = [name for name in pruning_lightning.data.__all__ if name != "ImageDataModule"]
@@ -66,9 +67,13 @@ class PruningCLI(LightningCLI):
 
 
 def _describe_methods(parser: LightningArgumentParser) -> None:
-    """`--pruning.method`'s help lists the registry as it is now (methods added by users too)."""
+    """`--pruning.method`'s and `--model.backbone`'s help list the registries as they are now
+    (methods added by users too)."""
     set_argument_help(
         parser, "pruning.method", f"Pruning method, one of: {', '.join(method_names())}."
+    )
+    set_argument_help(
+        parser, "model.backbone", f"Backbone network, one of: {', '.join(BACKBONES)}."
     )
 
 

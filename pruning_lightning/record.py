@@ -120,9 +120,7 @@ class RunRecord:
             layers=layers,
             mask_seconds=None if result is None else result.seconds,
             global_sparsity=1 - kept / total,
-            effective_sparsity=(
-                None if effective is None else 1 - sum(effective.values()) / total
-            ),
+            effective_sparsity=(None if effective is None else 1 - sum(effective.values()) / total),
             collapsed_layers=[name for name, (k, _) in counts.items() if k == 0],
             disconnected=not connected,
             force_saliency=dict(saliency),

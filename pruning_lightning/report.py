@@ -52,9 +52,7 @@ def _loggable(value: Any) -> Any:
 
 
 def figure(record: RunRecord) -> Figure:
-    return layer_density_figure(
-        record.counts, title=f"{record.method}, sparsity {record.sparsity}"
-    )
+    return layer_density_figure(record.counts, title=f"{record.method}, sparsity {record.sparsity}")
 
 
 def short_layer_name(name: str) -> str:

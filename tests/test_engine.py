@@ -167,7 +167,7 @@ def test_at_most_one_batch_on_the_device(monkeypatch, method):
     # when the net runs, only the batch it is running on may still be alive
     import weakref
 
-    from pruning_lightning.pruning import saliency
+    from pruning_lightning.pruning import batches as batch_module
 
     alive: list[weakref.ref] = []
 
@@ -176,7 +176,7 @@ def test_at_most_one_batch_on_the_device(monkeypatch, method):
         alive.append(weakref.ref(x))
         return x, y
 
-    monkeypatch.setattr(saliency, "_to_device", to_device)
+    monkeypatch.setattr(batch_module, "to_device", to_device)
     net = conv_net(dropout=True)
     on_device = []
     net.register_forward_pre_hook(

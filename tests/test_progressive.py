@@ -129,7 +129,7 @@ def test_recorded_saliency_matches_force_saliency():
 def test_each_pass_over_a_distributed_sampler_gets_a_new_shuffle():
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-    from pruning_lightning.pruning.saliency import BatchStream
+    from pruning_lightning.pruning.batches import BatchStream
 
     dataset = TensorDataset(torch.arange(8.0), torch.arange(8))
     sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=3)

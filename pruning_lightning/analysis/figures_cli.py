@@ -175,7 +175,7 @@ def cmd_recovery(args: argparse.Namespace) -> None:
 
 def cmd_saliency(args: argparse.Namespace) -> None:
     from pruning_lightning.analysis.saliency_sweep import build_from_config, saliency_rows
-    from pruning_lightning.pruning.saliency import seeded_loader
+    from pruning_lightning.pruning.batches import seeded_loader
 
     bad = [m for m in args.methods if m not in figures.saliency_methods()]
     if bad:

@@ -5,7 +5,7 @@ fit`` would build them (same seed, so the same theta0); then, per sparsity, the 
 and the progressive masks for every T are computed with :func:`run_pruning` on the training data,
 and the FORCE saliency of each is measured in both views on the same fixed evaluation batches, so
 the ratios to SNIP compare masks and nothing else. Every mask computation starts from a fresh,
-identically seeded loader (:func:`~pruning_lightning.pruning.saliency.seeded_loader`, as in
+identically seeded loader (:func:`~pruning_lightning.pruning.batches.seeded_loader`, as in
 ``fit``): the first batch FORCE sees is the batch SNIP sees.
 """
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from pruning_lightning.pruning.masks import PRUNABLE_MODULES, check_masks
-from pruning_lightning.pruning.saliency import module_modes
+from pruning_lightning.pruning.network import module_modes
 
 
 def _indicator_values(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -22,19 +22,17 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.batches import BatchStream, split_batch, to_device
 from pruning_lightning.pruning.masks import prunable_parameters, split_flat
-from pruning_lightning.pruning.progressive import ScoreFn
-from pruning_lightning.pruning.saliency import (
-    BatchStream,
+from pruning_lightning.pruning.network import (
     LossFn,
     MaskedNetwork,
-    _split_batch,
-    _to_device,
     batch_mean,
-    effective_saliency_,
     load_masked,
     module_modes,
 )
+from pruning_lightning.pruning.progressive import ScoreFn
+from pruning_lightning.pruning.saliency import effective_saliency_
 
 if TYPE_CHECKING:
     from pruning_lightning.pruning.config import PruningConfig
@@ -286,7 +284,7 @@ class SynFlowNetwork:
 
 
 def _batches(data: Iterable, device: torch.device) -> list[tuple[Tensor, Tensor]]:
-    out = [_to_device(_split_batch(b), device) for b in data]
+    out = [to_device(split_batch(b), device) for b in data]
     if not out:
         raise ConfigError("batches is empty: pass at least one (inputs, targets) batch.")
     return out

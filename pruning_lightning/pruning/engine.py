@@ -17,18 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.batches import BatchStream
 from pruning_lightning.pruning.config import PruningConfig
 from pruning_lightning.pruning.criteria import GradReduce, ScoreContext
 from pruning_lightning.pruning.masks import prunable_parameters
+from pruning_lightning.pruning.network import LossFn, MaskedNetwork, module_modes
 from pruning_lightning.pruning.progressive import StepRecord, kept_schedule, run_steps
 from pruning_lightning.pruning.registry import criteria_list
-from pruning_lightning.pruning.saliency import (
-    BatchStream,
-    LossFn,
-    MaskedNetwork,
-    module_modes,
-    saliency_views,
-)
+from pruning_lightning.pruning.saliency import saliency_views
 
 __all__ = ["PruningConfig", "PruningResult", "StepRecord", "compute_masks", "run_pruning"]
 
@@ -113,7 +109,8 @@ def run_pruning(
             stream = BatchStream(data, device) if data is not None else None
             net = None
             if stream is not None and (criterion.needs_data or record):
-                # the scores of a gradient step may overwrite its effective weights: one buffer
+                # force_saliency_score's contract (registry.Criterion): the step writes its
+                # scores over its effective weights, one buffer
                 flat = criterion.force_saliency_score
                 net = MaskedNetwork(
                     model, prunable, loss_fn=loss_fn, amp_dtype=config.amp_dtype, flat=flat

@@ -31,7 +31,10 @@ class Criterion:
         resurrect: whether a weight pruned at an earlier step may come back (FORCE ranks all
             weights; Iterative SNIP and SynFlow rank only the ones still kept).
         force_saliency_score: the score is ``|theta0 * dL/dw|`` at ``theta0 * m``, whose sum over a
-            mask is the FORCE saliency: recorded for free at each step.
+            mask is the FORCE saliency: recorded for free at each step. Contract: the step's
+            score views then ARE the network's effective weights (one buffer, no weight-sized
+            copy), so a step must finish with the network (``ctx.gradients``) before it writes
+            a score, and must write every entry; the next step reloads the weights.
         score_dtype: dtype of the score buffer (float64 for SynFlow's products of many layers).
     """
 
