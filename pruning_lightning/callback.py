@@ -27,6 +27,13 @@ from torch.utils.data import DataLoader
 from pruning_lightning import report
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.lightning_internals import global_seed, train_loader
+from pruning_lightning.pruning.ablations import (
+    INVERT,
+    ablate_masks,
+    ablated_weights,
+    load_weights,
+    mask_iou,
+)
 from pruning_lightning.pruning.batches import seeded_loader
 from pruning_lightning.pruning.config import PruningConfig, ignores_steps
 from pruning_lightning.pruning.connectivity import effective_masks
@@ -63,6 +70,9 @@ class PruningCallback(Callback):
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         temperature: float = 200.0,
+        ablation: str | None = None,
+        ablation_seed: int | None = None,
+        saliency_data: str | None = None,
         masks_path: str | None = None,
         save_masks_path: str | None = None,
         prune_after_steps: int = 0,
@@ -83,6 +93,11 @@ class PruningCallback(Callback):
             include: fnmatch patterns of parameter names to prune (default: Conv2d/Linear weights).
             exclude: fnmatch patterns of parameter names never to prune, e.g. ["*.classifier.*"].
             temperature: GRASP's logit temperature.
+            ablation: an ablation of the mask (docs/METHODS.md "Ablations"): shuffle (per-layer
+                counts, random positions), reinit (new initial weights), shuffle_weights (kept
+                values permuted per layer) or invert (keep the lowest-ranked).
+            ablation_seed: seed of the ablation and of saliency_data; None: the run's seed.
+            saliency_data: corrupt the saliency batches: random_labels or shuffled_pixels.
             masks_path: load this saved mask instead of computing one.
             save_masks_path: save the computed mask here (torch.save of name -> bool tensor).
             prune_after_steps: train densely for this many optimizer steps, then prune.
@@ -108,6 +123,9 @@ class PruningCallback(Callback):
             include=include,
             exclude=exclude,
             temperature=temperature,
+            ablation=ablation,
+            ablation_seed=ablation_seed,
+            saliency_data=saliency_data,
         )
         if prune_after_steps < 0 or prune_after_epochs < 0:
             raise ConfigError("--pruning.prune_after_steps/epochs must be >= 0.")
@@ -119,6 +137,11 @@ class PruningCallback(Callback):
             raise ConfigError(
                 "--pruning.masks_path loads a finished mask at fit start; it cannot be combined "
                 "with early pruning (prune_after_steps/prune_after_epochs). Drop one of them."
+            )
+        if masks_path is not None and (ablation == INVERT or saliency_data is not None):
+            raise ConfigError(
+                "--pruning.masks_path loads a finished mask, so no ranking is computed for "
+                "--pruning.ablation invert or --pruning.saliency_data to act on: drop one of them."
             )
         if masks_path is not None and not Path(masks_path).is_file():
             raise ConfigError(
@@ -307,8 +330,17 @@ class PruningCallback(Callback):
         result: PruningResult | None,
         data: Iterable | None,
     ) -> None:
-        """Measure the mask on the dense theta0, then zero the pruned weights, then report."""
-        self.record = self._measure(trainer, pl_module, masks, config, result, data)
+        """Ablate a loaded mask, write an ablation's theta0, measure the mask on the dense theta0,
+        then zero the pruned weights, then report."""
+        if result is None:  # a loaded mask: its ablation happens here (run_pruning's otherwise)
+            unablated, masks = masks, ablate_masks(masks, config.ablation, config.ablation_seed)
+            theta0 = ablated_weights(pl_module, masks, config.ablation, config.ablation_seed)
+        else:
+            unablated = masks if result.unablated is None else result.unablated
+            theta0 = result.theta0
+        if theta0 is not None:  # reinit / shuffle_weights: the one step that changes theta0
+            load_weights(pl_module, theta0)
+        self.record = self._measure(trainer, pl_module, masks, config, result, data, unablated)
         self._install(trainer, pl_module, masks)
         if self.save_masks_path and trainer.is_global_zero:
             torch.save({k: v.cpu() for k, v in masks.items()}, self.save_masks_path)
@@ -430,8 +462,10 @@ class PruningCallback(Callback):
         config: PruningConfig,
         result: PruningResult | None,
         data: Iterable | None,
+        unablated: dict[str, Tensor],
     ) -> RunRecord:
-        """What pruning.json holds, measured on every rank while theta0 is still dense.
+        """What pruning.json holds, measured on every rank while theta0 is still dense;
+        ``unablated``: the mask before a mask-level ablation (``masks`` otherwise).
 
         The saliency pass runs on every rank with its gradient all-reduced (a SyncBatchNorm in
         train mode is a collective), so all ranks compute the same numbers.
@@ -463,6 +497,8 @@ class PruningCallback(Callback):
             pruned_at_epoch=trainer.current_epoch,
             input_shape=None if input_shape is None else list(input_shape),
             mask_sha256=mask_digest(masks),
+            unablated_mask_sha256=mask_digest(unablated),
+            ablation_iou=mask_iou(masks, unablated),
             world_size=trainer.world_size,
             device_type=pl_module.device.type,
             versions=versions(),

@@ -50,6 +50,9 @@ CONFIG_FIELDS = (
     "exclude",
     "temperature",
     "amp_dtype",
+    "ablation",
+    "ablation_seed",
+    "saliency_data",
 )
 
 
@@ -69,6 +72,9 @@ class RunRecord:
     exclude: list[str] | None = None
     temperature: float | None = None
     amp_dtype: str | None = None  # "bfloat16" / "float16" when the saliency ran under autocast
+    ablation: str | None = None  # shuffle, reinit, shuffle_weights, invert (docs "Ablations")
+    ablation_seed: int | None = None  # resolved (the seed by default); None without an ablation
+    saliency_data: str | None = None  # random_labels / shuffled_pixels: corrupted saliency data
     # -- where the mask came from and when ------------------------------------------------------
     masks_path: str | None = None  # a loaded mask file (then no computation ran)
     prune_after_steps: int = 0
@@ -78,6 +84,9 @@ class RunRecord:
     global_seed: int | None = None  # seed_everything's seed (None: not seeded)
     input_shape: list[int] | None = None  # one example's shape, as the mask was measured
     mask_sha256: str | None = None  # of the mask's names, shapes and bits (:func:`mask_digest`)
+    # the mask before a mask-level ablation (= mask_sha256 when the ablation keeps the mask)
+    unablated_mask_sha256: str | None = None
+    ablation_iou: float | None = None  # global IoU of the kept sets of the two masks
     world_size: int | None = None
     device_type: str | None = None  # where the mask was computed: cpu, cuda, ...
     versions: dict[str, Any] = field(default_factory=dict)  # torch, lightning, package, git
@@ -306,10 +315,14 @@ def _problem(record: Any) -> str | None:
             _is_count(entry["effective"]) and entry["effective"] <= entry["kept"]
         ):
             return f"layer {name!r} has an 'effective' count that is not in [0, kept]"
-    for key in ("steps", "seed", "global_seed", "pruned_at_step", "world_size"):
+    for key in ("steps", "seed", "ablation_seed", "global_seed", "pruned_at_step", "world_size"):
         value = record.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             return f"{key!r} is not an integer"
+    iou = record.get("ablation_iou")
+    if iou is not None and (isinstance(iou, bool) or not isinstance(iou, int | float)
+                            or not 0 <= iou <= 1):  # fmt: skip
+        return "'ablation_iou' is not a number in [0, 1]"
     history = record.get("history", [])
     if not isinstance(history, list):
         return "'history' is not a list"

@@ -3,10 +3,10 @@ iterator and moved to the device one batch at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pruning_lightning.errors import ConfigError
@@ -36,8 +36,14 @@ class BatchStream:
     progressive methods take their fresh batches from the same iterator, step after step.
     """
 
-    def __init__(self, data: Iterable, device: torch.device):
-        self.data, self.device = data, device
+    def __init__(
+        self,
+        data: Iterable,
+        device: torch.device,
+        corrupt: Callable[[tuple[Tensor, Tensor]], tuple[Tensor, Tensor]] | None = None,
+    ):
+        """``corrupt``: applied to every batch drawn, on the host (see :data:`CORRUPTIONS`)."""
+        self.data, self.device, self.corrupt = data, device, corrupt
         self._it: Iterator | None = None
         self.drawn = 0
         self.passes = 0  # iterators started over ``data``
@@ -69,7 +75,8 @@ class BatchStream:
                     "DataLoader or a list (a generator can be iterated only once)."
                 ) from None
         self.drawn += 1
-        return split_batch(batch)
+        batch = split_batch(batch)
+        return batch if self.corrupt is None else self.corrupt(batch)
 
     def next(self) -> tuple[Tensor, Tensor]:
         """The next batch, on the device."""
@@ -86,6 +93,73 @@ class BatchStream:
         if replay:
             return _Replay([self._draw() for _ in range(n)], self.device)
         return (self.next() for _ in range(n))
+
+
+class RandomLabels:
+    """Su et al.'s corrupted labels: each batch's targets drawn uniformly from
+    ``[0, num_classes)``, from one generator seeded with ``seed`` (so every mask computation, and
+    every DDP rank, draws the same label sequence)."""
+
+    def __init__(self, seed: int, num_classes: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.num_classes = num_classes
+
+    def __call__(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        labels = torch.randint(self.num_classes, y.shape, generator=self.generator)
+        return x, labels.to(y.device, y.dtype)
+
+
+class ShuffledPixels:
+    """Su et al.'s corrupted images: every image's H*W pixel positions permuted by ONE fixed
+    permutation drawn from ``seed`` (all channels alike), so the images keep their pixel
+    statistics and lose their spatial structure."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.perm: Tensor | None = None
+
+    def __call__(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        if x.dim() < 3:
+            raise ConfigError(
+                f"saliency_data 'shuffled_pixels' needs images (batch, ..., H, W), got inputs of "
+                f"shape {tuple(x.shape)}: use random_labels for non-image data."
+            )
+        hw = x.shape[-2] * x.shape[-1]
+        if self.perm is None or self.perm.numel() != hw:
+            self.perm = torch.randperm(hw, generator=torch.Generator().manual_seed(self.seed))
+        flat = x.flatten(-2)
+        return flat[..., self.perm.to(x.device)].view_as(x), y
+
+
+#: ``--pruning.saliency_data`` NAME -> the corruption, built from (ablation seed, model)
+CORRUPTIONS: dict[str, Callable[[int, nn.Module], Callable]] = {
+    "random_labels": lambda seed, model: RandomLabels(seed, num_logits(model)),
+    "shuffled_pixels": lambda seed, model: ShuffledPixels(seed),
+}
+
+
+def corruption(
+    name: str | None, seed: int | None, model: nn.Module
+) -> Callable[[tuple[Tensor, Tensor]], tuple[Tensor, Tensor]] | None:
+    """The batch corruption ``name`` (None: none) for ``model``'s number of classes."""
+    if name is None:
+        return None
+    assert seed is not None, "PruningConfig resolves the ablation seed"
+    return CORRUPTIONS[name](seed, model)
+
+
+def num_logits(model: nn.Module) -> int:
+    """The number of classes: the ``out_features`` of the model's last ``nn.Linear`` (the
+    classifier head of every backbone here)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(
+            "saliency_data 'random_labels' reads the number of classes from the model's last "
+            "nn.Linear, and this model has none: use shuffled_pixels, or no saliency_data."
+        )
+    return linears[-1].out_features
 
 
 class _Replay:

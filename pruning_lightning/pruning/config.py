@@ -9,11 +9,19 @@ from dataclasses import dataclass, field
 import torch
 
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.ablations import INVERT, MASK_ABLATIONS, WEIGHT_ABLATIONS
+from pruning_lightning.pruning.batches import CORRUPTIONS
+from pruning_lightning.pruning.criteria import random_score
 from pruning_lightning.pruning.masks import fnmatch_patterns
 from pruning_lightning.pruning.progressive import SCHEDULES
 from pruning_lightning.pruning.registry import Criterion, criteria_list, get_criterion
 
 AMP_DTYPES = (torch.float16, torch.bfloat16)
+#: The ablations of a computed mask (docs/METHODS.md "Ablations"): mask-level (shuffle),
+#: weight-level (reinit, shuffle_weights) and of the ranking (invert).
+ABLATIONS = (*MASK_ABLATIONS, *WEIGHT_ABLATIONS, INVERT)
+#: The corruptions of the saliency batches (Su et al.'s checks).
+SALIENCY_DATA = tuple(CORRUPTIONS)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,12 @@ class PruningConfig:
         amp_dtype: run the forward passes under autocast with this dtype; scores stay float32.
         input_shape: SynFlow's input shape of one example, e.g. ``(3, 32, 32)`` (default: taken
             from the first batch of the data).
+        ablation: an ablation of the computed mask (:data:`ABLATIONS`, docs/METHODS.md
+            "Ablations"): ``shuffle``, ``reinit``, ``shuffle_weights`` or ``invert``; None = none.
+        ablation_seed: seeds the ablation and the saliency-data corruption; None = ``seed``,
+            resolved on construction whenever an ablation or ``saliency_data`` is set.
+        saliency_data: corrupt the saliency batches (:data:`SALIENCY_DATA`): ``random_labels``
+            or ``shuffled_pixels``; None = the data as given.
     """
 
     method: str
@@ -49,6 +63,9 @@ class PruningConfig:
     temperature: float = 200.0
     amp_dtype: torch.dtype | None = None
     input_shape: tuple[int, ...] | None = field(default=None)
+    ablation: str | None = None
+    ablation_seed: int | None = None
+    saliency_data: str | None = None
 
     def __post_init__(self) -> None:
         criterion = get_criterion(self.method)
@@ -108,7 +125,9 @@ class PruningConfig:
                 f"input_shape must be the shape of one example as positive integers, e.g. "
                 f"(3, 32, 32), got {shape!r}."
             )
+        ablation_seed = self._check_ablation(criterion)
         set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "ablation_seed", ablation_seed)
         set_(self, "steps", criterion.default_steps if steps is None else steps)
         set_(self, "include", fnmatch_patterns("include", self.include))
         set_(self, "exclude", fnmatch_patterns("exclude", self.exclude))
@@ -117,6 +136,34 @@ class PruningConfig:
     @property
     def criterion(self) -> Criterion:
         return get_criterion(self.method)
+
+    def _check_ablation(self, criterion: Criterion) -> int | None:
+        """The checks of ``ablation``/``saliency_data``; returns the resolved ablation seed."""
+        if self.ablation is not None and self.ablation not in ABLATIONS:
+            raise ConfigError(
+                f"Unknown ablation {self.ablation!r}. Choose one of: {', '.join(ABLATIONS)}."
+            )
+        if self.saliency_data is not None and self.saliency_data not in SALIENCY_DATA:
+            raise ConfigError(
+                f"Unknown saliency_data {self.saliency_data!r}. Choose one of: "
+                f"{', '.join(SALIENCY_DATA)}."
+            )
+        if self.ablation == INVERT and criterion.score is random_score:
+            raise ConfigError(
+                f"ablation 'invert' needs a ranking, and '{self.method}' scores weights at "
+                "random (its inverse is another random mask): pick another method or ablation."
+            )
+        if self.saliency_data is not None and not criterion.needs_data:
+            raise ConfigError(
+                f"saliency_data {self.saliency_data!r} corrupts the saliency batches, and "
+                f"'{self.method}' uses no data: drop saliency_data or pick a data-driven method."
+            )
+        seed = self.ablation_seed
+        if seed is not None and _not_int(seed):
+            raise ConfigError(f"ablation_seed must be an integer, got {seed!r}.")
+        if seed is None and (self.ablation is not None or self.saliency_data is not None):
+            seed = self.seed
+        return seed
 
 
 def ignores_steps(method: str, steps: object) -> bool:

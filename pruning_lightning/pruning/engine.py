@@ -17,7 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.batches import BatchStream
+from pruning_lightning.pruning.ablations import (
+    INVERT,
+    WEIGHT_ABLATIONS,
+    ablate_masks,
+    ablated_weights,
+)
+from pruning_lightning.pruning.batches import BatchStream, corruption
 from pruning_lightning.pruning.config import PruningConfig
 from pruning_lightning.pruning.criteria import GradReduce, ScoreContext
 from pruning_lightning.pruning.masks import prunable_parameters
@@ -34,6 +40,11 @@ class PruningResult:
     masks: dict[str, Tensor]  # name -> bool tensor (True = kept), on the params' device
     seconds: float  # wall time of the computation
     steps: list[StepRecord] = field(default_factory=list)  # empty unless record=True
+    # the mask before a mask-level ablation (``shuffle``); None when the mask is the method's own
+    unablated: dict[str, Tensor] | None = None
+    # new theta0 of a weight-level ablation (reinit, shuffle_weights), by parameter name; the
+    # model is not changed: the caller writes them (ablations.load_weights) before zeroing
+    theta0: dict[str, Tensor] | None = None
 
 
 def run_pruning(
@@ -106,7 +117,10 @@ def run_pruning(
     start = time.perf_counter()
     try:
         with _pruning_context(model, device, config.seed):
-            stream = BatchStream(data, device) if data is not None else None
+            stream = None
+            if data is not None:
+                corrupt = corruption(config.saliency_data, config.ablation_seed, model)
+                stream = BatchStream(data, device, corrupt)
             net = None
             if stream is not None and (criterion.needs_data or record):
                 # force_saliency_score's contract (registry.Criterion): the step writes its
@@ -135,14 +149,23 @@ def run_pruning(
                 final_saliency=final_saliency,
                 progress=report,
                 buffer=net.flat if net is not None and criterion.force_saliency_score else None,
+                invert=config.ablation == INVERT,
             )
             masks = {n: m.clone() for n, m in zip(names, final, strict=True)}
+            ablated = ablate_masks(masks, config.ablation, config.ablation_seed)
+            theta0 = ablated_weights(model, ablated, config.ablation, config.ablation_seed)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
     finally:
         if bar is not None:
             bar.close()
-    return PruningResult(masks=masks, seconds=time.perf_counter() - start, steps=records)
+    return PruningResult(
+        masks=ablated,
+        seconds=time.perf_counter() - start,
+        steps=records,
+        unablated=None if ablated is masks else masks,
+        theta0=theta0,
+    )
 
 
 _RUN_OPTIONS = ("loss_fn", "grad_reduce", "progress")
@@ -158,8 +181,10 @@ def compute_masks(
     """The mask (name -> bool tensor, True = kept) of ``method`` at ``sparsity``.
 
     ``options``: the fields of :class:`PruningConfig` (steps, schedule, num_batches, seed,
-    include, exclude, temperature, amp_dtype, input_shape) and ``loss_fn``, ``grad_reduce``,
-    ``progress`` (see :func:`run_pruning`).
+    include, exclude, temperature, amp_dtype, input_shape, ablation, ablation_seed,
+    saliency_data) and ``loss_fn``, ``grad_reduce``, ``progress`` (see :func:`run_pruning`).
+    The weight-level ablations (reinit, shuffle_weights) change theta0, not the mask: they need
+    :func:`run_pruning`, whose result holds the new weights.
     """
     known = {f.name for f in fields(PruningConfig)} | set(_RUN_OPTIONS)
     unknown = sorted(set(options) - known)
@@ -169,6 +194,11 @@ def compute_masks(
         raise ConfigError(
             f"compute_masks got unknown option(s) {', '.join(unknown)}; it takes "
             f"{', '.join(sorted(known - {'method', 'sparsity'}))}."
+        )
+    if options.get("ablation") in WEIGHT_ABLATIONS:
+        raise ConfigError(
+            f"ablation {options['ablation']!r} changes the weights, not the mask: use "
+            "run_pruning(model, data, PruningConfig(...)), whose .theta0 holds the new weights."
         )
     run = {k: options.pop(k) for k in _RUN_OPTIONS if k in options}
     config = PruningConfig(method, sparsity, **options)

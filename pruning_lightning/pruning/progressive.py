@@ -67,13 +67,16 @@ def run_steps(
     final_saliency: Callable[[list[Tensor]], float] | None = None,
     progress: ProgressFn | None = None,
     buffer: Tensor | None = None,
+    invert: bool = False,
 ) -> tuple[list[Tensor], list[StepRecord]]:
     """Run the steps; return the final mask (flat-buffer views, per tensor) and the records.
 
     ``resurrect=False`` ranks only the weights kept in m_{t-1}. With ``record``, a saliency the
     score function returns for m_{t-1} goes into step t-1's record, and ``final_saliency``
     computes S of the last mask (one more pass). ``buffer``: a flat score buffer to reuse (see
-    TopKSelector).
+    TopKSelector). ``invert`` (the ``invert`` ablation): keep the k *lowest*-ranked at every step
+    (among the weights still kept when ``resurrect=False``), through the same exact selection
+    on the negated scores, so kept counts and tie-breaking (earliest position) are unchanged.
     """
     total = sum(s.numel() for s in shapes)
     selector = TopKSelector(total, device, dtype, scores=buffer)
@@ -88,6 +91,8 @@ def run_steps(
         prev_views = None if prev is None else selector.views(shapes, prev)
         saliency = score_fn(t, prev_views, score_views)
         check_finite(selector.scores, method)
+        if invert:
+            selector.scores.neg_()  # a score buffer shared with the weights is rewritten next step
         cur = buffers[t % len(buffers)]
         selector.select(k, cur, allowed=None if resurrect or prev is None else prev)
         if record:
