@@ -1,5 +1,8 @@
 """Compact export: the smaller network gives the masked network's logits, for every backbone, and
-`pruning-lightning export` writes files that reload (torch.export, ONNX Runtime)."""
+`pruning-lightning export` writes files that reload (torch.export, ONNX Runtime).
+
+The masks are drawn (export_fixtures.forcelike_masks) or made by hand, never taken from a
+progressive method alone: whether FORCE's mask is connected depends on float rounding."""
 
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fit
+from export_fixtures import forcelike_masks, pruned_run
 from torch import nn
 
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.models import BACKBONES, FIXED_WIDTH, build_backbone
 from pruning_lightning.pruning import compute_masks, effective_masks
 from pruning_lightning.pruning.compact import WithOffset, compact_network
+from pruning_lightning.pruning.masks import prunable_parameters
 
 ROOT = Path(__file__).parents[1]
 
@@ -45,53 +49,108 @@ def masked_copy(net: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return out
 
 
-def assert_equivalent(net, masks, shape) -> nn.Module:
-    small = compact_network(net, masks, shape)
+def assert_equivalent(net, masks, shape, keep=()) -> nn.Module:
+    small = compact_network(net, masks, shape, keep=keep)
     x = torch.randn(3, *shape)
     with torch.no_grad():
         expected, got = masked_copy(net, masks)(x), small(x)
     tolerance = 1e-4 * max(1.0, float(expected.abs().max()))
     assert float((expected - got).abs().max()) <= tolerance
-    # the surviving weights are exactly the effective ones
+    # the surviving weights are exactly the effective ones (a layer without a mask is all kept;
+    # among 100M initial weights one can be exactly 0)
+    weights = prunable_parameters(net)
+    complete = {n: masks.get(n, torch.ones_like(p, dtype=torch.bool)) for n, p in weights.items()}
+    effective = effective_masks(net, complete, shape)
     nonzero = sum(
         int((m.weight != 0).sum()) for m in small.modules() if isinstance(m, nn.Conv2d | nn.Linear)
     )
-    assert nonzero == sum(int(e.sum()) for e in effective_masks(net, masks, shape).values())
+    assert nonzero == sum(int((e & (weights[n] != 0)).sum()) for n, e in effective.items())
     assert sum(p.numel() for p in small.parameters()) <= sum(p.numel() for p in net.parameters())
     return small
+
+
+def with_path(net: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``masks`` plus the guaranteed path of forcelike_masks: connected whatever ``masks`` is."""
+    spine = forcelike_masks(net, 0.0, dead=0.0)
+    return {n: m | spine[n] for n, m in masks.items()}
 
 
 CIFAR = [n for n in BACKBONES if n not in FIXED_WIDTH]
 
 
 @pytest.mark.parametrize("name", CIFAR)
-@pytest.mark.parametrize("method", ["force", "snip"])
-@pytest.mark.parametrize("sparsity", [0.9, 0.99, 0.995])
-def test_compact_network_gives_the_masked_logits(name, method, sparsity):
+@pytest.mark.parametrize("density", [0.1, 0.01, 0.005])
+def test_compact_network_gives_the_masked_logits(name, density):
     torch.manual_seed(0)
     net = build_backbone(name, 10, width=8 if name != "resnet110" else 4)
+    masks = forcelike_masks(net, density)
+    small = assert_equivalent(trained_like(net), masks, (3, 32, 32))
+    # dead and unread channels were drawn in every layer: some go
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("method", ["force", "snip"])
+def test_compact_network_on_a_method_mask(method):
+    """A real method's mask (whatever rounding made of it, plus one sure path) compacts exactly."""
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", 10, width=8)
     data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))]
     options = {"steps": 3} if method == "force" else {}
-    masks = compute_masks(net, data, method, sparsity, **options)
-    trained_like(net)
-    if not any(e.any() for e in effective_masks(net, masks, (3, 32, 32)).values()):
-        with pytest.raises(ConfigError, match="no path from the input to the output"):
-            compact_network(net, masks, (3, 32, 32))
-        return
-    assert_equivalent(net, masks, (3, 32, 32))
+    masks = with_path(net, compute_masks(net, data, method, 0.99, **options))
+    assert_equivalent(trained_like(net), masks, (3, 32, 32))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FIXED_WIDTH))
-@pytest.mark.parametrize("method", ["force", "snip"])
-def test_compact_imagenet_backbones(name, method):
-    # at 90% only: at 32x32 inputs 99% disconnects most of them (the error is tested above)
+def test_compact_imagenet_backbones(name):
     torch.manual_seed(0)
     net = build_backbone(name, 10, image_size=32)
-    data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
-    options = {"steps": 3} if method == "force" else {}
-    masks = compute_masks(net, data, method, 0.9, **options)
-    assert_equivalent(trained_like(net), masks, (3, 32, 32))
+    assert_equivalent(trained_like(net), forcelike_masks(net, 0.05), (3, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg19", "mobilenetv2"])
+@pytest.mark.parametrize("position", ["first", "middle", "classifier"])
+def test_a_dense_layer_gets_the_constants_of_the_dead_channels_it_reads(name, position):
+    """A prunable layer left dense (``exclude``: absent from the masks) still reads dead channels;
+    their constants must be folded into it as into a masked layer before they are removed."""
+    torch.manual_seed(0)
+    net = build_backbone(name, 10, width=8)
+    masks = forcelike_masks(net, 0.05, dead=0.5)
+    names = list(masks)
+    dense = {"first": names[0], "middle": names[len(names) // 2], "classifier": names[-1]}
+    del masks[dense[position]]
+    small = assert_equivalent(trained_like(net), masks, (3, 32, 32))
+    if position != "first":  # the dense layer lost the input columns of dead channels
+        layer = small.get_submodule(dense[position].removesuffix(".weight"))
+        layer = layer.layer if isinstance(layer, WithOffset) else layer
+        assert layer.weight.shape[1] < net.get_submodule(dense[position][:-7]).weight.shape[1]
+
+
+def conv_head_net() -> nn.Sequential:
+    """A classifier without nn.Linear: a 1x1 conv writes the logits, then global pooling."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+
+
+def test_a_network_without_a_linear_head_needs_keep_and_then_exports_exactly():
+    torch.manual_seed(0)
+    net = trained_like(conv_head_net())
+    masks = {"0.weight": torch.ones(4, 2, 3, 3, dtype=torch.bool),
+             "3.weight": torch.ones(3, 4, 1, 1, dtype=torch.bool)}  # fmt: skip
+    masks["0.weight"][3] = False  # a dead channel, folded into the head's bias
+    masks["3.weight"][2] = False  # logit 2 reads nothing: a constant, but it stays a logit
+    with pytest.raises(ConfigError, match="no nn.Linear head.*keep="):
+        compact_network(net, masks, (2, 5, 5))
+    with pytest.raises(ConfigError, match="keep names.*'head'"):
+        compact_network(net, masks, (2, 5, 5), keep=["head"])
+    small = assert_equivalent(net, masks, (2, 5, 5), keep=["3"])
+    assert small[3].out_channels == 3 and small[0].out_channels == 3
 
 
 def test_a_dead_channel_is_removed_and_its_constant_folded_exactly():
@@ -126,6 +185,11 @@ def test_disconnected_masks_are_refused():
     masks = {"0.weight": torch.ones(4, 4, dtype=torch.bool), "2.weight": torch.zeros(2, 4).bool()}
     with pytest.raises(ConfigError, match="disconnected"):
         compact_network(net, masks, (4,))
+    net = build_backbone("resnet18", 10, width=4)
+    masks = forcelike_masks(net, 0.1)
+    masks["conv1.weight"][:] = False  # the stem cut: the residual network has no path left
+    with pytest.raises(ConfigError, match="no path from the input to the output"):
+        compact_network(net, masks, (3, 32, 32))
 
 
 def test_a_network_the_dependency_graph_cannot_trace_is_a_clear_error(monkeypatch):
@@ -156,18 +220,21 @@ def console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def pruned_checkpoint(tmp_path_factory) -> tuple[Path, float, nn.Module]:
-    """The quickstart's network (ResNet-18 at width 16 on the digits) pruned to 99% by FORCE and
-    trained briefly: checkpoint, test accuracy as Lightning measured it, and the model."""
-    from pruning_lightning.callback import PruningCallback
+    """The quickstart's network (ResNet-18 at width 16 on the digits) with a FORCE-like mask at
+    99% sparsity, trained briefly: checkpoint, test accuracy as Lightning measured it, and the
+    model."""
+    import lightning.pytorch as pl
+
     from pruning_lightning.classifier import ImageClassifier
     from pruning_lightning.data import DigitsDataModule
 
-    root = tmp_path_factory.mktemp("export")
-    model = ImageClassifier("resnet18", 10, in_channels=1, image_size=8, width=16)
-    callback = PruningCallback(method="force", sparsity=0.99, steps=5)
-    trainer, model = fit(root, callback, model=model, max_epochs=2)
+    ckpt = pruned_run(tmp_path_factory, "fit")
+    model = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        default_root_dir=ckpt.parent,
+    )  # fmt: skip
     (result,) = trainer.test(model, datamodule=DigitsDataModule(batch_size=64), verbose=False)
-    (ckpt,) = Path(trainer.log_dir).glob("checkpoints/*.ckpt")
     return ckpt, result["test/acc1"], model
 
 
@@ -186,7 +253,7 @@ def test_export_writes_smaller_files_that_reload_and_keep_the_accuracy(pruned_ch
     from pruning_lightning.data import DigitsDataModule
 
     ckpt, test_acc, model = pruned_checkpoint
-    config = tmp_path.parent / "run.yaml"  # the run's model: the quickstart's, at width 4
+    config = tmp_path.parent / "run.yaml"  # the run's model: the quickstart's
     config.write_text(json.dumps({"model": {"backbone": "resnet18", "width": 16}}))
     proc = console(
         "export", "--config", str(config), "--ckpt_path", str(ckpt),
@@ -222,7 +289,7 @@ def test_export_bad_input_is_a_clear_error_and_writes_nothing(pruned_checkpoint,
     )  # fmt: skip
     assert proc.returncode == 2 and "model.backbone='vgg19'" in proc.stderr
     dense = tmp_path / "dense.ckpt"
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     del state["callbacks"]["PruningCallback"]
     torch.save(state, dense)
     proc = console("export", "--ckpt_path", str(dense), "--output", "m.pt2", cwd=tmp_path)
@@ -230,3 +297,4 @@ def test_export_bad_input_is_a_clear_error_and_writes_nothing(pruned_checkpoint,
     proc = console("export", "--ckpt_path", str(ckpt), cwd=tmp_path)
     assert proc.returncode == 2 and "--output model.pt2 and/or --onnx" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense.ckpt", "other.yaml"]
+

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.connectivity import effective_masks
-from pruning_lightning.pruning.masks import PRUNABLE_MODULES, apply_masks
+from pruning_lightning.pruning.masks import PRUNABLE_MODULES, apply_masks, check_masks
 
 
 class WithOffset(nn.Module):
@@ -91,24 +91,37 @@ def compact_network(
 ) -> nn.Module:
     """A smaller copy of ``net`` (its weights times ``masks``) with the same eval-mode outputs.
 
-    ``masks`` name prunable tensors of ``net`` (``<layer>.weight``); ``input_shape`` is one
-    example's shape at the trained size. ``keep``: modules whose output channels must stay (by
-    default the last Linear: the logits). The copy is in eval mode; ``net`` is not touched.
+    ``masks`` name prunable tensors of ``net`` (``<layer>.weight``); a prunable layer without a
+    mask (left dense, e.g. by ``exclude``) counts as all kept and is compacted like the others.
+    ``input_shape`` is one example's shape at the trained size. ``keep`` names the modules that
+    write the network's outputs, whose output channels must all stay; by default the last
+    ``nn.Linear`` (the logits), and a network without one must name its output layer(s) here.
+    The copy is in eval mode; ``net`` is not touched.
 
     Raises:
-        ConfigError: no input-output path survives ``masks`` (the network would be a constant).
+        ConfigError: no input-output path survives ``masks`` (the network would be a constant),
+            the masks do not fit ``net``, or ``keep`` is empty and ``net`` has no ``nn.Linear``.
     """
     tp = _torch_pruning()
     device = next(net.parameters()).device
+    check_masks(net, {n: _as_bool(m) for n, m in masks.items()}, complete=False)
     net = copy.deepcopy(net).eval()
+    kept_modules = _kept_modules(net, keep)
     reference = net
     net = copy.deepcopy(net)
+    # every prunable layer, masked or dense: Torch-Pruning trims the input columns of all of
+    # them, so each one's reads of dead channels must be folded (a dense layer's too)
     layers = {
         name: module
         for name, module in net.named_modules()
-        if isinstance(module, PRUNABLE_MODULES) and f"{name}.weight" in masks
+        if isinstance(module, PRUNABLE_MODULES) and isinstance(module.weight, nn.Parameter)
     }
-    masks = {name: masks[f"{name}.weight"].to(device=device, dtype=torch.bool) for name in layers}
+    masks = {
+        name: _as_bool(masks[f"{name}.weight"]).to(device)
+        if f"{name}.weight" in masks
+        else torch.ones_like(layer.weight, dtype=torch.bool)
+        for name, layer in layers.items()
+    }
     weighted = {f"{name}.weight": m for name, m in masks.items()}
     apply_masks(net, weighted)
     apply_masks(reference, weighted)
@@ -132,8 +145,7 @@ def compact_network(
             biases[name] = None if layer.bias is None else layer.bias.detach().clone()
             channels = torch.arange(layer.weight.shape[0], dtype=layer.weight.dtype, device=device)
             layer.bias = nn.Parameter(channels)
-    last_linear = [m for m in net.modules() if isinstance(m, nn.Linear)][-1:]
-    kept_modules = [net.get_submodule(k) for k in keep] if keep else last_linear
+    kept_modules = [net.get_submodule(name) for name in kept_modules]
     example = torch.zeros((1, *input_shape), device=device)
     # (not ignored_layers: Torch-Pruning would then not trim their input channels either)
     try:
@@ -145,7 +157,7 @@ def compact_network(
             "network needs layers Torch-Pruning knows (see its customized_pruners)."
         ) from err
     for layer in layers.values():
-        if layer in kept_modules:
+        if any(layer is m for m in kept_modules):
             continue
         dead = _zero_rows(layer.weight)
         if not dead:
@@ -162,9 +174,10 @@ def compact_network(
             member = dep.target.module
             out = graph.is_out_channel_pruning_fn(dep.handler)
             if out and isinstance(member, PRUNABLE_MODULES):
+                kept = any(member is m for m in kept_modules)
                 for i, root in zip(idxs, item.root_idxs, strict=True):
                     # Torch-Pruning's flatten mapping can list indices past the channels
-                    if i < member.weight.shape[0] and member.weight[i].any():
+                    if i < member.weight.shape[0] and (kept or member.weight[i].any()):
                         alive_roots.add(root)
         dead = [i for i in dead if i not in alive_roots]
         if len(dead) >= layer.weight.shape[0]:
@@ -195,11 +208,44 @@ def compact_network(
     return net
 
 
+def _as_bool(mask):
+    """A 0/1 mask tensor as bool (anything else is left for check_masks to name)."""
+    return mask.to(torch.bool) if isinstance(mask, Tensor) else mask
+
+
+def _kept_modules(net: nn.Module, keep: Sequence[str]) -> list[str]:
+    """The names of the modules whose output channels must stay (see compact_network)."""
+    if isinstance(keep, str):
+        keep = [keep]
+    if not keep:
+        linear = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+        if not linear:
+            raise ConfigError(
+                f"{type(net).__name__} has no nn.Linear head, so the export cannot tell which "
+                "layer writes the outputs: pass keep=[name of that module] to compact_network."
+            )
+        return linear[-1:]
+    modules = dict(net.named_modules())
+    unknown = [k for k in keep if not isinstance(modules.get(k), PRUNABLE_MODULES)]
+    if unknown:
+        raise ConfigError(
+            f"keep names {unknown}, which are not nn.Conv2d / nn.Linear modules of "
+            f"{type(net).__name__}: name the layer(s) writing the outputs, as in named_modules()."
+        )
+    return list(keep)
+
+
 @torch.no_grad()
 def _verify(masked: nn.Module, compact: nn.Module, input_shape: Sequence[int]) -> None:
     """The compact network must give the masked network's logits (float32 tolerance)."""
     x = torch.randn((4, *input_shape), device=next(masked.parameters()).device)
     expected, got = masked(x), compact(x)
+    if expected.shape != got.shape:
+        raise ConfigError(
+            f"The compact network's output has shape {tuple(got.shape)}, not "
+            f"{tuple(expected.shape)}: the layer writing the outputs lost channels. Pass its name "
+            "in keep (compact_network's keep=[...])."
+        )
     error = float((expected - got).abs().max())
     if error > 1e-4 * max(1.0, float(expected.abs().max())):
         raise RuntimeError(
