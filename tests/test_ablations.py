@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import batches, conv_net
+from conftest import batches, conv_net, tiny_model
+from conftest import fit as fit_digits
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from pruning_lightning import ConfigError, compute_masks
@@ -305,7 +307,7 @@ def fit(tmp_path: Path, *args: str) -> RunRecord:
         "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--pruning.steps=2",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}",
-        "--model.width=4", "--data.init_args.batch_size=16",
+        "--model.width=4", "--data.init_args.batch_size=16", "--pruning.log_figure=false",
     ])  # fmt: skip
     (log_dir,) = (root / "lightning_logs").glob("version_*")
     record = read_record(log_dir)
@@ -340,16 +342,22 @@ def test_each_ablation_runs_through_the_cli_and_is_recorded(tmp_path, option, na
 
 
 def test_a_loaded_mask_is_shuffled_with_its_own_seed(tmp_path):
+    from pruning_lightning.classifier import ImageClassifier
+
+    # the quickstart's network as the CLI above builds it (digits: 1x8x8, 10 classes)
+    model = ImageClassifier("resnet18", num_classes=10, in_channels=1, image_size=8, width=4)
+    loaded = compute_masks(model, None, "magnitude", 0.9)
     saved = tmp_path / "mask.pt"
-    first = fit(tmp_path / "a", f"--pruning.save_masks_path={saved}")
+    torch.save(loaded, saved)
     shuffled = fit(
-        tmp_path / "b", f"--pruning.masks_path={saved}", "--pruning.ablation=shuffle",
+        tmp_path, f"--pruning.masks_path={saved}", "--pruning.ablation=shuffle",
         "--pruning.ablation_seed=3",
     )  # fmt: skip
-    assert shuffled.unablated_mask_sha256 == first.mask_sha256
-    assert shuffled.mask_sha256 != first.mask_sha256
+    assert shuffled.unablated_mask_sha256 == mask_digest(loaded)
+    assert shuffled.mask_sha256 != mask_digest(loaded)
     assert shuffled.ablation_seed == 3
-    assert shuffled.counts == first.counts  # per-layer counts kept
+    assert shuffled.counts == {n: (int(m.sum()), m.numel()) for n, m in loaded.items()}
+    assert 0 < shuffled.ablation_iou < 0.5
 
 
 def test_an_old_record_reads_without_the_ablation_fields():
@@ -358,3 +366,38 @@ def test_an_old_record_reads_without_the_ablation_fields():
     assert (old.ablation, old.ablation_seed, old.unablated_mask_sha256) == (None, None, None)
     with pytest.raises(ValueError, match="ablation_iou"):
         RunRecord.from_dict({**old.to_dict(), "ablation_iou": 2.0})
+
+
+# --- the callback writes the ablation's theta0 before zeroing ---------------------------------
+
+
+class Snapshots(Callback):
+    """The model's parameters before (at fit start, ahead of the PruningCallback) and after
+    pruning (at train start)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.before = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+    def on_train_start(self, trainer, pl_module):
+        self.after = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+@pytest.mark.parametrize("ablation", ["reinit", "shuffle_weights"])
+def test_the_callback_trains_the_mask_on_the_ablations_theta0(tmp_path, ablation):
+    snapshots = Snapshots()
+    callback = PruningCallback("snip", 0.8, ablation=ablation, ablation_seed=2)
+    fit_digits(tmp_path, callback, callbacks=[snapshots, callback], limit_train_batches=1)
+    masks = {n: m.cpu() for n, m in callback.masks.items()}
+    reference = tiny_model()
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            p.copy_(snapshots.before[name])
+    expected = {"reinit": reinit_weights, "shuffle_weights": shuffle_kept_weights}[ablation](
+        reference, masks, 2
+    )
+    for name, mask in masks.items():
+        after = snapshots.after[name]
+        assert torch.equal(after[mask], expected[name][mask])  # the ablation's theta0 ...
+        assert not torch.equal(after[mask], snapshots.before[name][mask])
+        assert bool((after[~mask] == 0).all())  # ... pruned by the same mask
+    assert callback.record.ablation == ablation and callback.record.ablation_iou == 1.0
