@@ -236,9 +236,11 @@ def test_random_labels_change_only_the_labels_of_the_saliency_batches():
 def test_shuffled_pixels_permute_every_image_alike_and_keep_the_labels():
     net, data = conv_net(), batches(1, image_shape=(3, 6, 6))
     (x, y), = data
+    clean = x.clone()
     seen, loss_fn = _capture(net)
     run_pruning(net, data, PruningConfig("snip", 0.8, saliency_data="shuffled_pixels"),
                 loss_fn=loss_fn)  # fmt: skip
+    assert torch.equal(x, clean)  # the data itself is untouched
     shuffled = seen["x"][0]
     assert torch.equal(seen["y"][0], y)
     assert not torch.equal(shuffled, x)
