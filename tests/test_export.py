@@ -298,3 +298,31 @@ def test_export_bad_input_is_a_clear_error_and_writes_nothing(pruned_checkpoint,
     assert proc.returncode == 2 and "--output model.pt2 and/or --onnx" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense.ckpt", "other.yaml"]
 
+
+def test_export_of_a_run_with_a_dense_layer_is_exact_and_counts_what_it_writes(
+    pruned_checkpoint, tmp_path
+):
+    """A run trained with ``--pruning.exclude '["*.classifier.weight"]'``: the checkpoint's mask
+    has no entry for the classifier. Its trained BatchNorm statistics make every dead channel a
+    non-zero constant, which the dense classifier reads."""
+    from pruning_lightning.export import export_checkpoint
+
+    ckpt, _, model = pruned_checkpoint
+    state = torch.load(ckpt, weights_only=True)
+    masks = state["callbacks"]["PruningCallback"]["masks"]
+    del masks["backbone.classifier.weight"]
+    excluded = tmp_path / "excluded.ckpt"
+    torch.save(state, excluded)
+    _, report = export_checkpoint(excluded, tmp_path / "model.pt2")
+    local = {n.removeprefix("backbone."): m for n, m in masks.items()}
+    effective = effective_masks(model.backbone, local, (1, 8, 8))
+    assert report.effective == sum(int(e.sum()) for e in effective.values())
+    assert report.kept == sum(int(m.sum()) for m in masks.values())
+    program = torch.export.load(tmp_path / "model.pt2")
+    held = [*program.state_dict.values(), *program.constants.values()]
+    assert report.parameters_after == sum(t.numel() for t in held)
+    assert report.parameters_before == sum(t.numel() for t in model.backbone.state_dict().values())
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        expected = masked_copy(model.backbone.eval(), local)(x)
+    assert torch.allclose(program.module()(x), expected, atol=1e-4)
