@@ -6,7 +6,8 @@
 The checkpoint holds the mask (the PruningCallback's state) and the network's hyperparameters;
 :func:`~pruning_lightning.pruning.compact.compact_network` removes every channel on no
 input-output path, and the result is written as a ``torch.export`` program (``.pt2``, loaded by
-``torch.export.load`` without unpickling code) and, with ``--onnx``, as ONNX. Both take a batch of
+``torch.export.load``; the files written here hold no pickled payload, but a ``.pt2`` from
+elsewhere can: docs/SECURITY.md) and, with ``--onnx``, as ONNX. Both take a batch of
 any size at the trained image size. Any file name works (``--output model`` is a ``.pt2`` program
 too). The outputs are checked before any work and written whole or not at all.
 
