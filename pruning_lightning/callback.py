@@ -29,6 +29,7 @@ from pruning_lightning.errors import ConfigError
 from pruning_lightning.lightning_internals import global_seed, train_loader
 from pruning_lightning.pruning.ablations import (
     INVERT,
+    WEIGHT_ABLATIONS,
     ablate_masks,
     ablated_weights,
     load_weights,
@@ -137,6 +138,12 @@ class PruningCallback(Callback):
             raise ConfigError(
                 "--pruning.masks_path loads a finished mask at fit start; it cannot be combined "
                 "with early pruning (prune_after_steps/prune_after_epochs). Drop one of them."
+            )
+        if ablation in WEIGHT_ABLATIONS and (prune_after_steps or prune_after_epochs):
+            raise ConfigError(
+                f"--pruning.ablation {ablation} replaces theta0, and with early pruning "
+                "(prune_after_steps/prune_after_epochs) theta0 is the trained weights mid-run: "
+                "prune at initialization or drop the ablation."
             )
         if masks_path is not None and (ablation == INVERT or saliency_data is not None):
             raise ConfigError(
@@ -290,13 +297,12 @@ class PruningCallback(Callback):
             f"PruningCallback: computing a {config.method} mask at sparsity {config.sparsity} "
             f"(T = {config.steps}, seed {config.seed}) ..."
         )
-        result = run_pruning(
+        result = self.compute(
             pl_module,
             data,
-            config,
+            amp_dtype=config.amp_dtype,
             grad_reduce=self._grad_reduce(trainer),
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
-            record=True,
         )
         if trainer.world_size > 1 and not config.criterion.needs_data:
             # no gradient is all-reduced: float kernels could differ by a bit between ranks
@@ -340,6 +346,9 @@ class PruningCallback(Callback):
             theta0 = result.theta0
         if theta0 is not None:  # reinit / shuffle_weights: the one step that changes theta0
             load_weights(pl_module, theta0)
+            if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+                for param in pl_module.parameters():  # every rank starts from rank 0's draw
+                    dist.broadcast(param.data, src=0)
         self.record = self._measure(trainer, pl_module, masks, config, result, data, unablated)
         self._install(trainer, pl_module, masks)
         if self.save_masks_path and trainer.is_global_zero:

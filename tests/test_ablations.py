@@ -297,6 +297,26 @@ def test_a_loaded_mask_has_no_ranking_to_invert_or_corrupt(tmp_path, options):
         PruningCallback("force", masks_path=str(path), **options)
 
 
+@pytest.mark.parametrize("ablation", ["reinit", "shuffle_weights"])
+def test_weight_ablations_refuse_early_pruning(ablation):
+    # early pruning's theta0 is the trained weights mid-run: replacing them is no ablation
+    with pytest.raises(ConfigError, match="prune at initialization") as err:
+        PruningCallback("force", sparsity=0.9, ablation=ablation, prune_after_steps=2)
+    assert "\n" not in str(err.value)
+    PruningCallback("force", sparsity=0.9, ablation="shuffle", prune_after_steps=2)
+
+
+def test_invert_is_refused_for_exactly_the_unranked_methods():
+    from pruning_lightning.pruning.registry import criteria_list
+
+    for criterion in criteria_list():
+        if criterion.ranked:
+            PruningConfig(criterion.name, 0.9, ablation="invert")
+        else:
+            with pytest.raises(ConfigError, match="needs a ranking"):
+                PruningConfig(criterion.name, 0.9, ablation="invert")
+
+
 # --- the record of a CLI run ------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ import torch
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.ablations import INVERT, MASK_ABLATIONS, WEIGHT_ABLATIONS
 from pruning_lightning.pruning.batches import CORRUPTIONS
-from pruning_lightning.pruning.criteria import random_score
 from pruning_lightning.pruning.masks import fnmatch_patterns
 from pruning_lightning.pruning.progressive import SCHEDULES
 from pruning_lightning.pruning.registry import Criterion, criteria_list, get_criterion
@@ -148,7 +147,7 @@ class PruningConfig:
                 f"Unknown saliency_data {self.saliency_data!r}. Choose one of: "
                 f"{', '.join(SALIENCY_DATA)}."
             )
-        if self.ablation == INVERT and criterion.score is random_score:
+        if self.ablation == INVERT and not criterion.ranked:
             raise ConfigError(
                 f"ablation 'invert' needs a ranking, and '{self.method}' scores weights at "
                 "random (its inverse is another random mask): pick another method or ablation."

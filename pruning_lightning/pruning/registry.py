@@ -36,6 +36,8 @@ class Criterion:
             copy), so a step must finish with the network (``ctx.gradients``) before it writes
             a score, and must write every entry; the next step reloads the weights.
         score_dtype: dtype of the score buffer (float64 for SynFlow's products of many layers).
+        ranked: whether the scores rank the weights (False for random scores, whose inverse is
+            another random draw: the ``invert`` ablation refuses such a method).
     """
 
     name: str
@@ -48,6 +50,7 @@ class Criterion:
     resurrect: bool = True
     force_saliency_score: bool = False
     score_dtype: torch.dtype = torch.float32
+    ranked: bool = True
 
 
 _CRITERIA: dict[str, Criterion] = {}
@@ -97,7 +100,8 @@ register(Criterion("iter_snip", criteria.gradient_score, "Iterative SNIP", "#ff7
                    force_saliency_score=True))  # fmt: skip
 register(Criterion("snip", criteria.gradient_score, "SNIP", "#1f77b4", force_saliency_score=True))
 register(Criterion("grasp", criteria.grasp_score, "GRASP", "#2ca02c"))
-register(Criterion("random", criteria.random_score, "Random", "#7f7f7f", needs_data=False))
+register(Criterion("random", criteria.random_score, "Random", "#7f7f7f", needs_data=False,
+                   ranked=False))  # fmt: skip
 register(Criterion("magnitude", criteria.magnitude_score, "Magnitude", "#8c564b", needs_data=False))
 register(Criterion("synflow", criteria.synflow_score, "SynFlow", "#9467bd", needs_data=False,
                    default_steps=100, progressive=True, resurrect=False,
