@@ -154,7 +154,7 @@ def test_weight_averaging_cannot_bring_pruned_weights_back(tmp_path):
     trainer, model = fit(tmp_path, callback, callbacks=[ema, callback], limit_train_batches=5)
     assert trainer.callback_metrics["val/sparsity"] == pytest.approx(0.6, abs=1e-4)
     assert torch.count_nonzero(pruned_weights(model, callback.masks)) == 0
-    state = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    state = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
     for name, mask in callback.masks.items():
         assert torch.count_nonzero(state["state_dict"][name][~mask.cpu()]) == 0, name
 

@@ -534,7 +534,7 @@ KEEP_ALL += "      init_args: {save_top_k: -1, save_last: true}\n"
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def masks_of(checkpoint: dict) -> dict[str, torch.Tensor]:
