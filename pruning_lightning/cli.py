@@ -10,6 +10,7 @@ classes, channels and the image size flow from it into the model, so a config ne
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -107,6 +108,15 @@ def main(args: ArgsType = None) -> None:
         return
     try:
         build_cli(args)
+    except pickle.UnpicklingError as err:  # torch's safe load refused a --ckpt_path
+        from pruning_lightning.export import safe_load_refusal
+
+        print(
+            "pruning-lightning: error: --ckpt_path is not a checkpoint of this application: "
+            f"{safe_load_refusal(str(err))}.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except Exception as err:
         cause = _config_error(err)
         if cause is None:

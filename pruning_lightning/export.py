@@ -141,7 +141,7 @@ def _safe_load(path: Path) -> object:
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise here
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ConfigError(f"{foreign} {_refusal(str(err))}.") from None
+        raise ConfigError(f"{foreign} {safe_load_refusal(str(err))}.") from None
     except Exception as err:  # a truncated, corrupted or foreign file
         raise ConfigError(
             f"{foreign} it is no file of torch.save, or it is truncated or corrupted "
@@ -155,7 +155,7 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _refusal(message: str) -> str:
+def safe_load_refusal(message: str) -> str:
     """Why the safe loader refused a file, in a few words, from its error message."""
     name = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
     if name:

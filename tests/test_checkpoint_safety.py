@@ -204,3 +204,22 @@ def test_plain_data_that_is_no_checkpoint_of_ours_is_one_line(
     err = one_line(capfd.readouterr().err)
     assert "is not a checkpoint of this application" in err and says in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.ckpt"]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_fit_and_test_refuse_a_checkpoint_that_would_run_code(tmp_path, subcommand, capsys):
+    # Lightning loads --ckpt_path with torch's safe default; the refusal is one line, exit 2
+    from pruning_lightning.cli import main
+
+    marker = tmp_path / "marker"
+    ckpt = hostile_checkpoint(tmp_path / "hostile.ckpt", marker, "torch")
+    with pytest.raises(SystemExit) as info:
+        main([
+            subcommand, "--config", QUICKSTART, f"--ckpt_path={ckpt}",
+            "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu",
+            f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.logger=false",
+        ])  # fmt: skip
+    assert info.value.code == 2
+    err = one_line(capsys.readouterr().err)
+    assert "--ckpt_path is not a checkpoint of this application" in err and "exec" in err
+    assert not marker.exists()
