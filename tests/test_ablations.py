@@ -19,6 +19,7 @@ from pruning_lightning.cli import main
 from pruning_lightning.models import build_backbone, init_weights
 from pruning_lightning.pruning import PruningConfig, kept_schedule, run_pruning
 from pruning_lightning.pruning.ablations import (
+    REINIT_SEED_OFFSET,
     mask_iou,
     reinit_weights,
     shuffle_kept_weights,
@@ -92,8 +93,8 @@ def test_reinit_keeps_the_mask_and_draws_theta0_with_the_backbones_init():
     for name in plain:
         assert not torch.equal(result.theta0[name], params[name])
     expected = copy.deepcopy(net)
-    torch.manual_seed(7)
-    init_weights(expected)  # the backbone's own init, seeded with the ablation seed
+    torch.manual_seed(7 + REINIT_SEED_OFFSET)
+    init_weights(expected)  # the backbone's own init, seeded from the ablation seed
     for name, value in expected.named_parameters():
         assert torch.equal(result.theta0[name], value.detach())
 
@@ -104,7 +105,7 @@ def test_reinit_of_an_unknown_network_uses_each_modules_reset_parameters():
     theta0 = reinit_weights(net, {}, 3)
     assert_same_state(net, before)
     expected = copy.deepcopy(net)
-    torch.manual_seed(3)
+    torch.manual_seed(3 + REINIT_SEED_OFFSET)
     for module in expected.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()

@@ -59,9 +59,14 @@ def shuffle_kept_weights(model: nn.Module, masks: Masks, seed: int) -> dict[str,
     return out
 
 
+#: The re-drawn init is seeded with ``ablation_seed + REINIT_SEED_OFFSET``: the ablation seed
+#: defaults to the run's seed, and a draw under that very seed could replay the original init.
+REINIT_SEED_OFFSET = 1_000_003
+
+
 def reinit_weights(model: nn.Module, masks: Masks, seed: int) -> dict[str, Tensor]:
     """Every parameter freshly drawn by the network's own init under a global RNG forked and
-    seeded with ``seed``; the model is left as it was.
+    seeded with ``seed + REINIT_SEED_OFFSET``; the model is left as it was.
 
     The init is this project's :func:`~pruning_lightning.models.init.init_weights` when the model
     holds one of its backbones (pruning_lightning.models), else each module's
@@ -70,7 +75,7 @@ def reinit_weights(model: nn.Module, masks: Masks, seed: int) -> dict[str, Tenso
     state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
     devices = sorted({t.device for t in state.values() if t.device.type == "cuda"}, key=str)
     with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + REINIT_SEED_OFFSET)
         network_init(model)(model)
         out = {n: p.detach().clone() for n, p in model.named_parameters()}
         for name, tensor in model.state_dict(keep_vars=True).items():
