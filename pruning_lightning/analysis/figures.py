@@ -18,15 +18,19 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from pruning_lightning.analysis.compare import GLOBAL
 from pruning_lightning.analysis.results import (
+    NO_ABLATION,
     group_rows,
     mean_std,
     require_columns,
     require_unique,
 )
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.config import ABLATIONS
 from pruning_lightning.pruning.registry import DENSE, criteria_list, get_criterion, method_names
 from pruning_lightning.report import short_layer_name
 
@@ -356,6 +360,129 @@ def accuracy_walltime_figure(
         fontsize=8, title=f"{remaining_percent(sparsity):.3g}% weights remaining", title_fontsize=8
     )
     _finish(ax, title)
+    return fig
+
+
+# -- ablations of the mask (Frankle et al. 2021, Su et al. 2020) ---------------------------------
+
+ORIGINAL_LABEL = "original mask"
+_HATCHES = ("", "//", "..", "xx", "\\\\", "--", "++", "oo")
+
+
+def sort_ablations(ablations: Sequence[str]) -> list[str]:
+    """The method's own mask first, then the ablations in PruningConfig's order, then the rest."""
+    known = [NO_ABLATION, *ABLATIONS]
+    unique = list(dict.fromkeys(ablations))
+    return sorted(unique, key=lambda a: (known.index(a) if a in known else len(known), a))
+
+
+def ablation_label(ablation: str) -> str:
+    return ORIGINAL_LABEL if ablation == NO_ABLATION else ablation
+
+
+def ablations_figure(
+    rows: Sequence[dict[str, Any]],
+    sparsity: float | None = None,
+    metric: str = "test_acc1",
+    title: str = "",
+    source: str = "the results table",
+) -> Figure:
+    """Grouped bars at one sparsity: per method, the mean accuracy over seeds of its original
+    mask next to each ablation's (error bars: sample std; ``n=`` above each bar: its runs).
+    Bars take the method's colour, one hatch per ablation (the legend)."""
+    require_columns(
+        rows,
+        numeric=["sparsity", metric],
+        text=["method", "ablation"],
+        source=source,
+        hint="The ablation column comes from pruning.json: regenerate the table with "
+        "pruning-sweep --collect-only.",
+    )
+    _check_fraction(rows, metric, source)
+    chosen, sparsity = _at_sparsity([r for r in rows if r["sparsity"] > 0], sparsity, source)
+    require_unique(chosen, ["method", "ablation", "seed"], source)
+    cells = group_rows(chosen, ["method", "ablation"])
+    methods = sort_methods([m for m, _ in cells])
+    ablations = sort_ablations([a for _, a in cells])
+    width = 0.8 / len(ablations)
+    fig, ax = _subplots(figsize=(max(6.0, 1.0 + 0.35 * len(cells)), 4.2))
+    for j, ablation in enumerate(ablations):
+        here = [(i, m) for i, m in enumerate(methods) if (m, ablation) in cells]
+        stats = [mean_std([100 * r[metric] for r in cells[(m, ablation)]]) for _, m in here]
+        bars = ax.bar(
+            [i + (j - (len(ablations) - 1) / 2) * width for i, _ in here],
+            [mean for mean, _ in stats],
+            width,
+            yerr=[std for _, std in stats],
+            capsize=2,
+            color=[method_color(m) for _, m in here],
+            alpha=1.0 if ablation == NO_ABLATION else 0.55,
+            hatch=_HATCHES[j % len(_HATCHES)],
+            edgecolor="black",
+            linewidth=0.5,
+            label=ablation_label(ablation),
+        )
+        ax.bar_label(
+            bars, [f"n={len(cells[(m, ablation)])}" for _, m in here], padding=2, fontsize=6
+        )
+    ax.set_xticks(range(len(methods)), [method_label(m) for m in methods])
+    ax.set_ylabel(_acc_label(metric))
+    handles = [
+        Patch(
+            facecolor="white",
+            edgecolor="black",
+            hatch=_HATCHES[j % len(_HATCHES)],
+            label=ablation_label(a),
+        )
+        for j, a in enumerate(ablations)
+    ]
+    ax.legend(
+        handles=handles,
+        fontsize=8,
+        title=f"{remaining_percent(sparsity):.3g}% weights remaining",
+        title_fontsize=8,
+    )
+    ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+# -- mask comparison -------------------------------------------------------------------------------
+
+
+def mask_iou_figure(
+    rows: Sequence[dict[str, Any]],
+    layer: str = GLOBAL,
+    title: str = "",
+    source: str = "the mask comparison",
+) -> Figure:
+    """Heat map of the pairwise IoU of the masks' kept sets (1 on the diagonal), from the rows of
+    :func:`~pruning_lightning.analysis.compare.compare_masks` (or their CSV) for ``layer``."""
+    require_columns(rows, numeric=["iou"], text=["a", "b", "layer"], source=source)
+    chosen = [r for r in rows if r["layer"] == layer]
+    if not chosen:
+        raise ConfigError(f"{source} has no rows for layer {layer!r}. Pass a layer it compares.")
+    require_unique(chosen, ["a", "b"], source)
+    labels = list(dict.fromkeys(str(v) for r in chosen for v in (r["a"], r["b"])))
+    index = {label: i for i, label in enumerate(labels)}
+    grid = [[1.0 if i == j else float("nan") for j in labels] for i in labels]
+    for r in chosen:
+        i, j = index[str(r["a"])], index[str(r["b"])]
+        grid[i][j] = grid[j][i] = r["iou"]
+    size = 2.5 + 0.45 * len(labels)
+    fig, ax = _subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
+    for i, line in enumerate(grid):
+        for j, value in enumerate(line):
+            if value == value:  # not NaN: a pair the table holds
+                color = "black" if value > 0.6 else "white"
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    fig.colorbar(image, ax=ax, label=f"IoU of the kept weights ({layer})")
+    if title:
+        ax.set_title(title)
     return fig
 
 

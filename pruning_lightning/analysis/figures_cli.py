@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pruning_lightning.analysis import figures
+from pruning_lightning.analysis import compare, figures
 from pruning_lightning.analysis.assignments import parse_assignments
 from pruning_lightning.analysis.results import (
     PRUNING_JSON,
@@ -32,6 +32,7 @@ from pruning_lightning.analysis.results import (
     read_pruning_json,
     read_table,
     require_columns,
+    require_unique,
     write_table,
 )
 from pruning_lightning.errors import ConfigError
@@ -138,6 +139,28 @@ def cmd_walltime(args: argparse.Namespace) -> None:
     rows, source = load_rows(args.results, args.runs, args.where)
     fig = figures.accuracy_walltime_figure(rows, args.sparsity, args.metric, args.title, source)
     save(fig, args, "accuracy_vs_mask_time")
+
+
+def cmd_ablations(args: argparse.Namespace) -> None:
+    rows, source = load_rows(args.results, args.runs, args.where)
+    fig = figures.ablations_figure(rows, args.sparsity, args.metric, args.title, source)
+    save(fig, args, "ablations")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    if bool(args.masks) == bool(args.results):
+        raise ConfigError(
+            "Give the masks to compare: --masks FILE_OR_RUN ... (two or more), or --results CSV "
+            "of an earlier compare --out-csv."
+        )
+    if args.masks:
+        rows, source = compare.compare_masks(compare.load_labelled(args.masks)), "the masks"
+    else:
+        rows, source = read_table(args.results), args.results
+    fig = figures.mask_iou_figure(rows, args.layer, args.title, source)
+    if args.out_csv:
+        print(f"wrote {write_table(rows, args.out_csv, compare.COLUMNS)}")
+    save(fig, args, "mask_iou")
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
@@ -250,6 +273,7 @@ def cmd_table(args: argparse.Namespace) -> None:
 def markdown_table(rows: Sequence[dict[str, Any]], metric: str, source: str) -> str:
     """Mean +- std (over seeds, in %) of ``metric`` per method and sparsity, as Markdown."""
     require_columns(rows, numeric=["sparsity", metric], text=["method"], source=source)
+    require_unique(rows, ["method", "sparsity", "seed"], source)
     levels = sorted({r["sparsity"] for r in rows})
     methods = figures.sort_methods([r["method"] for r in rows])
     cells = group_rows(rows, ["method", "sparsity"])
@@ -322,16 +346,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a panel against the effective remaining weights (kept weights on an "
         "input-output path; the effective_sparsity column)",
     )
-    p = figure("steps", cmd_steps, "Accuracy at one sparsity against iterations T (Fig. 4 middle).")
-    table_inputs(p)
-    p.add_argument("--sparsity", type=float, help="required when the table has several")
+    for name, func, help in (
+        ("steps", cmd_steps, "Accuracy at one sparsity against iterations T (Fig. 4 middle)."),
+        (
+            "walltime",
+            cmd_walltime,
+            "Accuracy against mask wall time, more batches vs more iterations (Fig. 4 right).",
+        ),
+        (
+            "ablations",
+            cmd_ablations,
+            "Accuracy of each method's original mask next to its ablations (mean +- std over "
+            "seeds) at one sparsity.",
+        ),
+    ):
+        p = figure(name, func, help)
+        table_inputs(p)
+        p.add_argument("--sparsity", type=float, help="required when the table has several")
     p = figure(
-        "walltime",
-        cmd_walltime,
-        "Accuracy against mask wall time, more batches vs more iterations (Fig. 4 right).",
+        "compare",
+        cmd_compare,
+        "Pairwise IoU and Hamming distance of masks (globally and per layer); a heat map of "
+        "the IoU.",
     )
-    table_inputs(p)
-    p.add_argument("--sparsity", type=float, help="required when the table has several")
+    p.add_argument(
+        "--masks",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="files of --pruning.save_masks_path, or run folders (mask of the newest checkpoint)",
+    )
+    p.add_argument("--results", metavar="CSV", help="or redraw the table of a --out-csv")
+    p.add_argument("--out-csv", help="also write the pairwise table (per pair and layer)")
+    p.add_argument(
+        "--layer", default=compare.GLOBAL, help=f"layer of the heat map (default {compare.GLOBAL})"
+    )
     p = figure("layers", cmd_layers, "Kept fraction per layer for each method (Figs 8, 13a/c).")
     p.add_argument(
         "--runs",

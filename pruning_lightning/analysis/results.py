@@ -28,12 +28,15 @@ from pruning_lightning.pruning.registry import DENSE
 from pruning_lightning.record import PRUNING_JSON, read_record
 
 TEST_METRICS = "test_metrics.json"
+#: The ``ablation`` column of a run without one (the method's own mask, or a dense run).
+NO_ABLATION = "none"
 
 #: The leading columns of every results table, in this order; any others follow.
 RESULT_COLUMNS = [
     "method",
     "sparsity",
     "seed",
+    "ablation",
     "steps",
     "schedule",
     "num_batches",
@@ -183,7 +186,8 @@ def read_run(log_dir: str | Path) -> dict[str, Any]:
     Every pruning column comes from the run record (pruning.json); a resumed run whose log dir
     lacks one takes it from an earlier attempt (:func:`find_pruning_json`). A dense run (sparsity
     0) writes no record: its method is :data:`DENSE`, its seed ``seed_everything``'s from
-    ``config.yaml``, and its mask columns are empty.
+    ``config.yaml``, and its mask columns are empty. ``ablation`` is the record's
+    (:data:`NO_ABLATION` when it has none, as for a dense run).
     """
     log_dir = Path(log_dir)
     metrics_path = log_dir / TEST_METRICS
@@ -206,10 +210,12 @@ def read_run(log_dir: str | Path) -> dict[str, Any]:
         row["method"], row["sparsity"] = summary["method"], summary["sparsity"]
         seed = summary["global_seed"]  # the run's seed, as sweeps count seeds
         row["seed"] = summary["seed"] if seed is None else seed
+        row["ablation"] = summary["ablation"] or NO_ABLATION
         for key in ("steps", "schedule", "num_batches"):
             row[key] = summary[key]
     else:
         row.update(method=DENSE, sparsity=0.0, seed=config.get("seed_everything"))
+        row["ablation"] = NO_ABLATION
         row.update(steps=None, schedule=None, num_batches=None)
     for key, value in metrics.items():
         row[key.replace("/", "_")] = value

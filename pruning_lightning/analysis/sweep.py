@@ -3,6 +3,7 @@
     python -m pruning_lightning.analysis.sweep --config configs/quickstart.yaml \\
         --methods force snip --sparsities 0.9 0.99 --seeds 0 1 2 \\
         --grid pruning.steps=1,10,60 --set trainer.max_epochs=5 --out sweeps/quick
+    python -m pruning_lightning.analysis.sweep ... --ablations none shuffle reinit invert
 
 Every run is a plain ``pruning-lightning fit --test_after_fit true`` in a subprocess, with its own
 ``--trainer.default_root_dir`` (``OUT/<run name>``) and ``--seed_everything``, so a sweep adds
@@ -39,6 +40,7 @@ from typing import Any
 from pruning_lightning.analysis import resume
 from pruning_lightning.analysis.assignments import parse_assignments
 from pruning_lightning.analysis.results import (
+    NO_ABLATION,
     dig,
     find_log_dir,
     read_config,
@@ -46,6 +48,8 @@ from pruning_lightning.analysis.results import (
     write_table,
 )
 from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.ablations import INVERT
+from pruning_lightning.pruning.config import ABLATIONS
 from pruning_lightning.pruning.registry import DENSE, get_criterion, method_names
 
 # Seconds before the time limit at which SLURM sends the requeue signal (SIGUSR1) to the runs.
@@ -57,6 +61,7 @@ RESUME_SCRIPT = Path(resume.__file__).resolve()
 RESERVED = {
     "pruning.method": "--methods",
     "pruning.sparsity": "--sparsities",
+    "pruning.ablation": "--ablations",
     "seed_everything": "--seeds",
     "trainer.default_root_dir": "--out",
     "test_after_fit": "nothing (the sweep always tests after fit)",
@@ -68,17 +73,21 @@ RESERVED = {
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One configuration of a sweep; ``grid`` holds (dotted key, value) pairs as typed."""
+    """One configuration of a sweep; ``grid`` holds (dotted key, value) pairs as typed, and
+    ``ablation`` a ``--pruning.ablation`` (None: the method's own mask)."""
 
     method: str
     sparsity: float
     seed: int
     grid: tuple[tuple[str, str], ...] = ()
+    ablation: str | None = None
 
     @property
     def name(self) -> str:
-        """A folder name spelling out the configuration: ``force-s0.99-seed1-pruning.steps=10``."""
+        """A folder name spelling out the configuration:
+        ``force-s0.99-seed1-shuffle-pruning.steps=10`` (no ablation part without one)."""
         parts = [self.method, f"s{self.sparsity:g}", f"seed{self.seed}"]
+        parts += [self.ablation] if self.ablation else []
         parts += [f"{key}={_safe(value)}" for key, value in self.grid]
         return "-".join(parts)
 
@@ -89,6 +98,8 @@ class RunSpec:
             args += [f"--{key}", value]
         if self.sparsity > 0:
             args += ["--pruning.method", self.method]
+        if self.ablation:
+            args += ["--pruning.ablation", self.ablation]
         args += [
             "--pruning.sparsity",
             repr(float(self.sparsity)),
@@ -107,16 +118,22 @@ def expand(
     sparsities: Sequence[float],
     seeds: Sequence[int],
     grid: Sequence[tuple[str, Sequence[str]]] = (),
+    ablations: Sequence[str] = (NO_ABLATION,),
 ) -> list[RunSpec]:
     """Every combination, seeds innermost, without runs that would only repeat another.
 
-    Sparsity 0 is one dense run per seed (whatever the methods) and takes the first value of
-    every ``pruning.*`` grid key, since nothing is pruned. One-shot methods run with T = 1 (they
-    ignore a larger T), so a ``pruning.steps`` grid gives them one run.
+    Sparsity 0 is one dense run per seed (whatever the methods and ablations) and takes the first
+    value of every ``pruning.*`` grid key, since nothing is pruned. One-shot methods run with
+    T = 1 (they ignore a larger T), so a ``pruning.steps`` grid gives them one run. ``ablations``
+    (:data:`NO_ABLATION` = the method's own mask) multiply the pruned runs; ``invert`` skips the
+    methods whose scores rank nothing (random), which PruningConfig refuses.
     """
-    if not methods or not sparsities or not seeds:
-        raise ConfigError("A sweep needs at least one method, one sparsity and one seed.")
+    if not methods or not sparsities or not seeds or not ablations:
+        raise ConfigError(
+            "A sweep needs at least one method, one sparsity, one seed and one ablation."
+        )
     _check_methods(methods)
+    _check_ablations(ablations)
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise ConfigError(
@@ -127,7 +144,9 @@ def expand(
     specs: list[RunSpec] = []
     for values in itertools.product(*(v for _, v in grid)):
         point = tuple(zip(keys, values, strict=True))
-        for method, sparsity, seed in itertools.product(methods, sparsities, seeds):
+        combos = itertools.product(methods, sparsities, ablations, seeds)
+        for method, sparsity, ablation, seed in combos:
+            ablation = None if ablation == NO_ABLATION or sparsity == 0 else ablation
             if sparsity == 0:
                 method = DENSE
                 here = tuple((k, first[k] if k.startswith("pruning.") else v) for k, v in point)
@@ -135,7 +154,9 @@ def expand(
                 here = tuple((k, "1" if k == "pruning.steps" else v) for k, v in point)
             else:
                 here = point
-            spec = RunSpec(method, sparsity, seed, here)
+            if ablation == INVERT and not get_criterion(method).ranked:
+                continue
+            spec = RunSpec(method, sparsity, seed, here, ablation)
             if spec not in specs:
                 specs.append(spec)
     return specs
@@ -147,6 +168,15 @@ def _check_methods(methods: Sequence[str]) -> None:
         raise ConfigError(
             f"Unknown pruning method(s) {', '.join(map(repr, unknown))}. Choose from: "
             f"{', '.join(method_names())} (dense runs: sparsity 0)."
+        )
+
+
+def _check_ablations(ablations: Sequence[str]) -> None:
+    unknown = [a for a in ablations if a != NO_ABLATION and a not in ABLATIONS]
+    if unknown:
+        raise ConfigError(
+            f"Unknown ablation(s) {', '.join(map(repr, unknown))}. Choose from: {NO_ABLATION} "
+            f"(the method's own mask), {', '.join(ABLATIONS)}."
         )
 
 
@@ -400,6 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", nargs="+", type=int, default=[0], help="--seed_everything values"
     )
     parser.add_argument(
+        "--ablations",
+        nargs="+",
+        default=[NO_ABLATION],
+        metavar="NAME",
+        help=f"--pruning.ablation of the pruned runs: {NO_ABLATION} (the method's own mask), "
+        f"{', '.join(ABLATIONS)}; e.g. none shuffle reinit invert",
+    )
+    parser.add_argument(
         "--grid",
         action="append",
         default=[],
@@ -480,13 +518,13 @@ def _main(args: argparse.Namespace) -> int:
     if clash:
         raise ConfigError(f"{', '.join(sorted(clash))} is both in --grid and --set; keep one.")
     out = Path(args.out).resolve()
-    specs = expand(args.methods, args.sparsities, args.seeds, grid)
+    specs = expand(args.methods, args.sparsities, args.seeds, grid, args.ablations)
     commands = [
         build_command(s, configs, sets, out / s.name, args.python, args.devices, args.num_nodes)
         for s in specs
     ]
     csv_path = Path(args.csv) if args.csv else out / "results.csv"
-    leading = ["method", "sparsity", "seed", *(k for k, _ in grid)]
+    leading = ["method", "sparsity", "seed", "ablation", *(k for k, _ in grid)]
 
     def write_csv() -> int:
         rows = collect(specs, out)
