@@ -46,8 +46,10 @@ from pruning_lightning.pruning.masks import (
     prunable_parameters,
     split_flat,
 )
+from pruning_lightning.pruning.progressive import StepEvent
 from pruning_lightning.pruning.registry import method_names
 from pruning_lightning.pruning.saliency import force_saliency_views
+from pruning_lightning.pruning.step_masks import STEP_MASKS, StepMaskWriter
 from pruning_lightning.record import (
     PRUNING_JSON,
     RunRecord,
@@ -76,6 +78,7 @@ class PruningCallback(Callback):
         saliency_data: str | None = None,
         masks_path: str | None = None,
         save_masks_path: str | None = None,
+        save_step_masks: bool = False,
         prune_after_steps: int = 0,
         prune_after_epochs: int = 0,
         verify_ranks: bool = True,
@@ -101,6 +104,8 @@ class PruningCallback(Callback):
             saliency_data: corrupt the saliency batches: random_labels or shuffled_pixels.
             masks_path: load this saved mask instead of computing one.
             save_masks_path: save the computed mask here (torch.save of name -> bool tensor).
+            save_step_masks: keep every step's mask m_t, bit-packed, in the log dir's
+                step_masks.pt (read it with `pruning_lightning.pruning.step_masks.load_step_masks`).
             prune_after_steps: train densely for this many optimizer steps, then prune.
             prune_after_epochs: train densely for this many epochs, then prune (early pruning).
             verify_ranks: under DDP, fail unless a checksum of the mask is equal on all ranks.
@@ -150,6 +155,11 @@ class PruningCallback(Callback):
                 "--pruning.masks_path loads a finished mask, so no ranking is computed for "
                 "--pruning.ablation invert or --pruning.saliency_data to act on: drop one of them."
             )
+        if masks_path is not None and save_step_masks:
+            raise ConfigError(
+                "--pruning.save_step_masks keeps the steps of a computed mask, and "
+                "--pruning.masks_path loads a finished one: drop one of them."
+            )
         if masks_path is not None and not Path(masks_path).is_file():
             raise ConfigError(
                 f"--pruning.masks_path {masks_path!r} does not exist. Point it at a file written "
@@ -157,6 +167,7 @@ class PruningCallback(Callback):
             )
         self.masks_path = masks_path
         self.save_masks_path = save_masks_path
+        self.save_step_masks = save_step_masks
         self.prune_after_steps = prune_after_steps
         self.prune_after_epochs = prune_after_epochs
         self.verify_ranks = verify_ranks
@@ -165,6 +176,7 @@ class PruningCallback(Callback):
         self.record: RunRecord | None = None  # pruning.json, kept for resumed runs
         self._pruned: list[tuple[Tensor, Tensor]] = []  # (parameter, True where pruned)
         self._hook_handles: list[Any] = []
+        self._step_masks: StepMaskWriter | None = None  # the packed m_t until they are written
 
     # -- what the run looks like ----------------------------------------------------------------
 
@@ -297,12 +309,16 @@ class PruningCallback(Callback):
             f"PruningCallback: computing a {config.method} mask at sparsity {config.sparsity} "
             f"(T = {config.steps}, seed {config.seed}) ..."
         )
+        # rank zero keeps the step masks (under DDP the others' are equal, or overwritten by its)
+        keep_steps = self.save_step_masks and trainer.is_global_zero
+        self._step_masks = StepMaskWriter() if keep_steps else None
         result = self.compute(
             pl_module,
             data,
             amp_dtype=config.amp_dtype,
             grad_reduce=self._grad_reduce(trainer),
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
+            step_masks=self._step_masks,
         )
         if trainer.world_size > 1 and not config.criterion.needs_data:
             # no gradient is all-reduced: float kernels could differ by a bit between ranks
@@ -319,12 +335,27 @@ class PruningCallback(Callback):
         amp_dtype: torch.dtype | None = None,
         grad_reduce: Any = None,
         progress: bool = False,
+        step_masks: StepMaskWriter | None = None,
     ) -> PruningResult:
         """The mask computation of a fit, per-step records included: exactly what `fit` runs on
-        the model and the saliency data (and what benchmarks/mask_time.py times)."""
+        the model and the saliency data (and what benchmarks/mask_time.py times). It warns at the
+        first step whose saliency is zero; ``step_masks`` receives every step's mask."""
         config = dataclasses.replace(self.resolved_config(), amp_dtype=amp_dtype)
+        warn_zero = saliency_zero_warning(config)
+
+        def on_step(event: StepEvent) -> None:
+            warn_zero(event)
+            if step_masks is not None:
+                step_masks(event)
+
         return run_pruning(
-            model, data, config, grad_reduce=grad_reduce, progress=progress, record=True
+            model,
+            data,
+            config,
+            grad_reduce=grad_reduce,
+            progress=progress,
+            record=True,
+            on_step=on_step,
         )
 
     def _finish(
@@ -518,8 +549,11 @@ class PruningCallback(Callback):
         record = self.record
         assert record is not None
         log_dir = _log_dir(trainer)  # a collective under DDP: every rank asks
+        if self.save_step_masks and result is not None and log_dir is not None:
+            record.step_masks = STEP_MASKS  # on every rank: the record is the same everywhere
         if not trainer.is_global_zero:  # the masks are identical on every rank
             return
+        self._save_step_masks(log_dir)
         collapsed, connected = record.collapsed_layers, not record.disconnected
         if not connected:
             rank_zero_warn(
@@ -557,6 +591,20 @@ class PruningCallback(Callback):
             self._log_figure(trainer, log_dir, report.figure(record))
         self._write_record(trainer, log_dir)
 
+    def _save_step_masks(self, log_dir: str | None) -> None:
+        """step_masks.pt in the run's log dir, from the packed masks kept while pruning."""
+        writer, self._step_masks = self._step_masks, None
+        if writer is None:
+            return
+        if log_dir is None:
+            rank_zero_warn(
+                "--pruning.save_step_masks writes into the run's log dir, and this trainer has "
+                "no logger: no step masks were saved. Add a logger or drop the option."
+            )
+            return
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        writer.save(Path(log_dir) / STEP_MASKS)
+
     def _write_record(self, trainer: pl.Trainer, log_dir: str | None) -> None:
         """pruning.json in the run's log dir (rank zero; nothing without a logger or record)."""
         if log_dir is None or self.record is None or not trainer.is_global_zero:
@@ -592,6 +640,26 @@ def autocast_dtype(trainer: pl.Trainer) -> torch.dtype | None:
     """The autocast dtype of a mixed-precision run (None otherwise): the saliency passes run at
     the precision training runs at; scores and the selection stay float32."""
     return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
+
+
+def saliency_zero_warning(config: PruningConfig):
+    """A step hook that warns once, at the first step whose recorded FORCE saliency S(m_t) is
+    exactly 0 (no gradient signal passes the mask), naming the layers already gone then."""
+    warned = False
+
+    def watch(event: StepEvent) -> None:
+        nonlocal warned
+        if warned or event.saliency != 0:  # None (not measured) is never zero
+            return
+        warned = True
+        gone = [name for name, kept in event.kept.items() if kept == 0]
+        rank_zero_warn(
+            f"{config.method}: the FORCE saliency of the mask reached 0 at step {event.step} of "
+            f"{config.steps}: no gradient signal passes it. Layers already gone: "
+            f"{', '.join(gone) if gone else 'none'}. Lower the sparsity, or raise the steps."
+        )
+
+    return watch
 
 
 def _zero(pairs: list[tuple[Tensor, Tensor]]) -> None:

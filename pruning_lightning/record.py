@@ -102,6 +102,9 @@ class RunRecord:
     disconnected: bool = False  # no input-output path survives
     force_saliency: dict[str, float] = field(default_factory=dict)  # view -> S(m)
     history: list[dict[str, Any]] = field(default_factory=list)  # per step of a progressive run
+    # the first step t whose recorded S(m_t) is exactly 0 (no gradient signal left), else None
+    saliency_zero_step: int | None = None
+    step_masks: str | None = None  # the masks m_1..m_T in the log dir (save_step_masks), else None
 
     @classmethod
     def measure(
@@ -119,6 +122,7 @@ class RunRecord:
         kept counts (None: unknown), the measurements and the run's provenance (``run``: the
         fields of the record's second block)."""
         kept, total = kept_total(counts)
+        steps = result.steps if result is not None else []
         layers = {name: {"kept": k, "total": t} for name, (k, t) in counts.items()}
         if effective is not None:
             for name, entry in layers.items():
@@ -141,8 +145,9 @@ class RunRecord:
                     "recovered": r.recovered,
                     "saliency": r.saliency,
                 }
-                for r in (result.steps if result is not None else [])
+                for r in steps
             ],
+            saliency_zero_step=next((r.step for r in steps if r.saliency == 0), None),
         )
 
     @property
@@ -315,7 +320,8 @@ def _problem(record: Any) -> str | None:
             _is_count(entry["effective"]) and entry["effective"] <= entry["kept"]
         ):
             return f"layer {name!r} has an 'effective' count that is not in [0, kept]"
-    for key in ("steps", "seed", "ablation_seed", "global_seed", "pruned_at_step", "world_size"):
+    for key in ("steps", "seed", "ablation_seed", "global_seed", "pruned_at_step", "world_size",
+                "saliency_zero_step"):  # fmt: skip
         value = record.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             return f"{key!r} is not an integer"

@@ -28,11 +28,24 @@ from pruning_lightning.pruning.config import PruningConfig
 from pruning_lightning.pruning.criteria import GradReduce, ScoreContext
 from pruning_lightning.pruning.masks import prunable_parameters
 from pruning_lightning.pruning.network import LossFn, MaskedNetwork, module_modes
-from pruning_lightning.pruning.progressive import StepRecord, kept_schedule, run_steps
+from pruning_lightning.pruning.progressive import (
+    StepEvent,
+    StepHook,
+    StepRecord,
+    kept_schedule,
+    run_steps,
+)
 from pruning_lightning.pruning.registry import criteria_list
 from pruning_lightning.pruning.saliency import saliency_views
 
-__all__ = ["PruningConfig", "PruningResult", "StepRecord", "compute_masks", "run_pruning"]
+__all__ = [
+    "PruningConfig",
+    "PruningResult",
+    "StepEvent",
+    "StepRecord",
+    "compute_masks",
+    "run_pruning",
+]
 
 
 @dataclass
@@ -56,6 +69,7 @@ def run_pruning(
     grad_reduce: GradReduce | None = None,
     progress: bool | Callable[[int, int], None] = False,
     record: bool = False,
+    on_step: StepHook | None = None,
 ) -> PruningResult:
     """Compute the mask ``config`` asks for; the model is left bit-identical.
 
@@ -71,6 +85,9 @@ def run_pruning(
             the FORCE saliency S(m_t) on the next fresh batches: free at every step but the last
             for methods whose score is the saliency's terms, one extra pass for the last (only)
             mask of the others; None at SynFlow's intermediate steps (each would cost a pass).
+        on_step: called with a :class:`StepEvent` for every step t (its mask m_t before any
+            ablation, kept counts, and S(m_t) when ``record`` measured it), as soon as S(m_t) is
+            known: a caller keeps step masks or watches the saliency without a Lightning import.
     """
     if not isinstance(config, PruningConfig):
         raise ConfigError(
@@ -80,6 +97,10 @@ def run_pruning(
     if not (isinstance(progress, bool) or callable(progress)):
         raise ConfigError(
             f"progress must be True/False or a callable (step, total), got {progress!r}."
+        )
+    if on_step is not None and not callable(on_step):
+        raise ConfigError(
+            f"on_step must be None or a callable taking a StepEvent, got {on_step!r}."
         )
     if config.seed is None:
         raise ConfigError(
@@ -150,6 +171,7 @@ def run_pruning(
                 progress=report,
                 buffer=net.flat if net is not None and criterion.force_saliency_score else None,
                 invert=config.ablation == INVERT,
+                on_step=on_step,
             )
             masks = {n: m.clone() for n, m in zip(names, final, strict=True)}
             ablated = ablate_masks(masks, config.ablation, config.ablation_seed)

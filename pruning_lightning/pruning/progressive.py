@@ -36,6 +36,23 @@ class StepRecord:
     saliency: float | None  # FORCE saliency S(m_t) ("pruning" view), None when not recorded
 
 
+@dataclass
+class StepEvent:
+    """What a step hook (``run_steps(on_step=...)``, ``run_pruning(on_step=...)``) receives for
+    step t, once S(m_t) is known: right after step t+1 scored m_t (before m_t is overwritten), and
+    after the loop for the last step. The tensors are views of the loop's buffers: read or copy
+    them during the call, never keep them."""
+
+    step: int  # t = 1..T
+    flat: Tensor  # m_t as one flat bool tensor, in the prunable order
+    masks: dict[str, Tensor]  # name -> m_t's view of that tensor (shape of the weight)
+    kept: dict[str, int]  # kept count per prunable tensor in m_t
+    saliency: float | None  # the recorded FORCE saliency S(m_t) (record=True), else None
+
+
+StepHook = Callable[[StepEvent], None]
+
+
 def kept_schedule(total: int, density: float, steps: int, schedule: str = "exp") -> list[int]:
     """Kept counts k_1..k_T: exp ``N * d**(t/T)`` or linear ``N * (1 - t*(1-d)/T)``.
 
@@ -68,6 +85,7 @@ def run_steps(
     progress: ProgressFn | None = None,
     buffer: Tensor | None = None,
     invert: bool = False,
+    on_step: StepHook | None = None,
 ) -> tuple[list[Tensor], list[StepRecord]]:
     """Run the steps; return the final mask (flat-buffer views, per tensor) and the records.
 
@@ -77,6 +95,7 @@ def run_steps(
     TopKSelector). ``invert`` (the ``invert`` ablation): keep the k *lowest*-ranked at every step
     (among the weights still kept when ``resurrect=False``), through the same exact selection
     on the negated scores, so kept counts and tie-breaking (earliest position) are unchanged.
+    ``on_step`` gets a read-only :class:`StepEvent` for every step, in order.
     """
     total = sum(s.numel() for s in shapes)
     selector = TopKSelector(total, device, dtype, scores=buffer)
@@ -90,6 +109,8 @@ def run_steps(
     for t, k in enumerate(kept, 1):
         prev_views = None if prev is None else selector.views(shapes, prev)
         saliency = score_fn(t, prev_views, score_views)
+        if on_step is not None and prev is not None:  # m_{t-1} is still intact: report it
+            on_step(_event(t - 1, names, prev_views, prev, records, saliency if record else None))
         check_finite(selector.scores, method)
         if invert:
             selector.scores.neg_()  # a score buffer shared with the weights is rewritten next step
@@ -107,7 +128,28 @@ def run_steps(
     final = selector.views(shapes, prev)
     if record and final_saliency is not None:
         records[-1].saliency = final_saliency(final)
+    if on_step is not None:
+        saliency = records[-1].saliency if record else None
+        on_step(_event(len(kept), names, final, prev, records, saliency))
     return final, records
+
+
+def _event(
+    t: int,
+    names: Sequence[str],
+    views: list[Tensor],
+    flat: Tensor,
+    records: list[StepRecord],
+    saliency: float | None,
+) -> StepEvent:
+    """Step t's event; its kept counts are the record's when recording, else counted here."""
+    if records:
+        kept = records[t - 1].kept
+    else:
+        counts = torch.stack([torch.count_nonzero(v) for v in views]).tolist()
+        kept = dict(zip(names, counts, strict=True))
+    masks = dict(zip(names, views, strict=True))
+    return StepEvent(step=t, flat=flat, masks=masks, kept=kept, saliency=saliency)
 
 
 def _record(
