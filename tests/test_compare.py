@@ -154,6 +154,7 @@ def write_bytes(path: Path, data: bytes) -> str:
         (lambda d: [d["a"]], "needs two or more; got 1"),
         (lambda d: [d["a"], d["short"]], "Mask short has no tensor 'l2'"),
         (lambda d: [d["a"], str(d["dir"])], "holds no checkpoint"),
+        (lambda d: [d["a"], str(d["sweep"])], "holds 2 pruned runs"),
         (lambda d: [], "Give the masks to compare"),
     ],
 )
@@ -165,7 +166,11 @@ def test_bad_inputs_exit_2_with_one_line(make, message, tmp_path, capsys):
     torch.save({"l1": torch.ones(4)}, folder / "floats.pt")
     torch.save({"l1": A["l1"]}, folder / "short.pt")
     files = {name: str(folder / f"{name}.pt") for name in ("a", "list", "floats", "short")}
-    masks = make({**files, "dir": folder})  # the folder is no run: it holds no checkpoint
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        fake_pruned_run(sweep / f"force-s0.5-seed{seed}", seed=seed, steps=3)
+    # "dir" is no run (it holds no checkpoint), "sweep" holds two
+    masks = make({**files, "dir": folder, "sweep": sweep})
     png = tmp_path / "x.png"
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", *(["--masks", *masks] if masks else []), "--out", str(png)])

@@ -130,6 +130,12 @@ def _read_mask_file(path: Path) -> dict[str, Tensor]:
 def _load_run(run: Path) -> tuple[str, dict[str, Tensor]]:
     from pruning_lightning.export import load_pruned_checkpoint
 
+    records = latest_pruning_jsons(run)
+    if len(records) > 1:
+        raise ConfigError(
+            f"--masks {run} holds {len(records)} pruned runs (e.g. {records[0].parent}); pass "
+            "each run's own folder."
+        )
     checkpoint = resume.newest_checkpoint(run)
     if checkpoint is None:
         raise ConfigError(
@@ -137,16 +143,12 @@ def _load_run(run: Path) -> tuple[str, dict[str, Tensor]]:
             "checkpointing, or the file written by --pruning.save_masks_path."
         )
     _, masks, _ = load_pruned_checkpoint(checkpoint)
-    return _run_label(run), masks
+    return (_run_label(records[0]) if records else run.name), masks
 
 
-def _run_label(run: Path) -> str:
-    """``force seed1 T60`` (plus the ablation) from the run's record; the folder name without
-    one."""
-    records = latest_pruning_jsons(run)
-    if not records:
-        return run.name
-    record = read_pruning_json(records[-1])
+def _run_label(path: Path) -> str:
+    """``force seed1 T60`` (plus the ablation) from a run's record."""
+    record = read_pruning_json(path)
     seed = record["seed"] if record["global_seed"] is None else record["global_seed"]
     label = f"{record['method']} seed{seed} T{record['steps']}"
     if (record.get("ablation") or NO_ABLATION) != NO_ABLATION:
