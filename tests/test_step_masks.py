@@ -182,6 +182,27 @@ def test_step_masks_round_trip_and_cost_one_bit_per_weight_per_step(tmp_path, me
     assert (tmp_path / "big.pt").stat().st_size <= steps * math.ceil(50 * total / 8) + 2048
 
 
+def test_the_last_step_mask_is_the_methods_own_under_a_mask_ablation(tmp_path):
+    writer = StepMaskWriter()
+    config = PruningConfig("force", 0.9, steps=3, ablation="shuffle")
+    res = run_pruning(conv_net(), batches(6), config, record=True, on_step=writer)
+    writer.save(tmp_path / STEP_MASKS)
+    last = load_step_masks(tmp_path / STEP_MASKS)[-1]
+    assert res.unablated is not None
+    assert all(torch.equal(last[n], m) for n, m in res.unablated.items())
+    assert not all(torch.equal(last[n], m) for n, m in res.masks.items())  # shuffled positions
+
+
+def test_a_record_with_a_non_integer_zero_step_is_refused():
+    from pruning_lightning.record import RunRecord
+
+    good = {"method": "force", "sparsity": 0.5, "layers": {"w": {"kept": 1, "total": 2}}}
+    assert RunRecord.from_dict({**good, "saliency_zero_step": 3}).saliency_zero_step == 3
+    assert RunRecord.from_dict(good).step_masks is None
+    with pytest.raises(ValueError, match="'saliency_zero_step' is not an integer"):
+        RunRecord.from_dict({**good, "saliency_zero_step": "3"})
+
+
 def _event(t, masks):
     from pruning_lightning.pruning.progressive import StepEvent
 
