@@ -441,6 +441,8 @@ def ablations_figure(
         fontsize=8,
         title=f"{remaining_percent(sparsity):.3g}% weights remaining",
         title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),  # beside the axes: inside, it would hide bars
     )
     ax.grid(True, axis="y", alpha=0.3)
     if title:
