@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -156,7 +157,8 @@ def test_committed_reproduction_records_are_resolved(run):
     config = PruningConfig(written.method, written.sparsity)
     assert written.schema == run_record.SCHEMA
     assert written.steps == config.steps  # the default T the runs used
-    assert written.seed == written.global_seed == int(run.name.rsplit("seed", 1)[1])
+    seed = int(re.search(r"-seed(\d+)", run.name).group(1))
+    assert written.seed == written.global_seed == seed
 
 
 def test_a_record_with_a_non_integer_seed_is_malformed():
