@@ -488,6 +488,82 @@ def mask_iou_figure(
     return fig
 
 
+# -- the disconnection study ----------------------------------------------------------------------
+
+
+def _setting_label(row: dict[str, Any]) -> str:
+    width = "" if row.get("width") in (None, "") else f" w{row['width']}"
+    steps = f" T{row['steps']}" if int(row["steps"]) > 1 else ""
+    return f"{method_label(str(row['method']))} {100 * float(row['sparsity']):g}%{steps}{width}"
+
+
+def disconnection_figure(
+    rows: Sequence[dict[str, Any]],
+    iou_rows: Sequence[dict[str, Any]] = (),
+    title: str = "",
+    source: str = "the study's table",
+) -> Figure:
+    """Three panels over the settings of a disconnection study (one row each, method colours):
+    the share of seeds whose mask leaves no input-output path (hatched: with a whole layer
+    gone), the step at which each seed's FORCE saliency first reached 0, and the IoU of every
+    pair of seeds' masks (dots; bar: mean)."""
+    require_columns(
+        rows,
+        numeric=["sparsity", "steps", "seed", "collapsed_layers"],
+        text=["method"],
+        source=source,
+    )
+    groups = group_rows(rows, ["method", "sparsity", "steps", "width"])
+    keys = list(groups)
+    ious = group_rows(list(iou_rows), ["method", "sparsity", "steps", "width"]) if iou_rows else {}
+    height = 1.6 + 0.42 * len(keys)
+    fig, axes = _subplots(1, 3, figsize=(13.0, height), sharey=True)
+    cut_ax, zero_ax, iou_ax = axes
+    ys = range(len(keys))
+    for y, key in zip(ys, keys, strict=True):
+        group = groups[key]
+        color = method_color(str(key[0]))
+        n = len(group)
+        cut = sum(r["disconnected"] is True for r in group)
+        collapsed = sum(int(r["collapsed_layers"]) > 0 for r in group)
+        cut_ax.barh(y, 100 * cut / n, color=color, alpha=0.8, edgecolor="black", linewidth=0.5)
+        cut_ax.barh(y, 100 * collapsed / n, color="none", hatch="///", edgecolor="black",
+                    linewidth=0.0)  # fmt: skip
+        cut_ax.text(100 * cut / n + 1.5, y, f"{cut}/{n}", va="center", fontsize=7)
+        steps = [int(r["saliency_zero_step"]) for r in group
+                 if r.get("saliency_zero_step") not in (None, "")]  # fmt: skip
+        zero_ax.scatter(steps, [y] * len(steps), color=color, s=14, alpha=0.7)
+        zero_ax.text(0.99, y, f"{len(steps)}/{n}", va="center", ha="right", fontsize=7,
+                     transform=zero_ax.get_yaxis_transform())  # fmt: skip
+        pair = [float(r["iou"]) for r in ious.get(key, [])]
+        if pair:
+            iou_ax.scatter(pair, [y] * len(pair), color=color, s=8, alpha=0.5)
+            mean = sum(pair) / len(pair)
+            iou_ax.plot([mean, mean], [y - 0.3, y + 0.3], color="black", linewidth=1.5)
+    cut_ax.set_yticks(list(ys), [_setting_label(groups[k][0]) for k in keys], fontsize=8)
+    cut_ax.invert_yaxis()
+    cut_ax.set_xlim(0, 110)
+    cut_ax.set_xlabel("seeds whose mask has no input-output path (%)")
+    cut_ax.legend(
+        handles=[
+            Patch(
+                facecolor="white", edgecolor="black", hatch="///", label="with a whole layer pruned"
+            )
+        ],  # fmt: skip
+        fontsize=7,
+        loc="lower right",
+    )
+    zero_ax.set_xlabel("step t at which S(m_t) first reaches 0 (count: seeds)")
+    zero_ax.set_xlim(0, max(int(k[2]) for k in keys) * 1.08 + 1)
+    iou_ax.set_xlabel("IoU of two seeds' masks (bar: mean)")
+    iou_ax.set_xlim(0, 1)
+    for ax in axes:
+        ax.grid(True, axis="x", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 # -- per-layer densities (Figures 8, 13) -----------------------------------------------------------
 
 

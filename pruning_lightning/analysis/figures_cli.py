@@ -247,6 +247,50 @@ def cmd_saliency(args: argparse.Namespace) -> None:
             print(f"wrote {out / name}")
 
 
+def cmd_disconnection(args: argparse.Namespace) -> None:
+    from pruning_lightning.analysis import disconnection
+    from pruning_lightning.analysis.saliency_sweep import build_from_config
+    from pruning_lightning.pruning.batches import seeded_loader
+
+    plan = disconnection.settings(args.methods, args.sparsities, args.steps, args.widths or [None])
+    for config in args.config:
+        if not Path(config).is_file():
+            raise ConfigError(f"--config {config!r} does not exist.")
+    overrides = []
+    for key, (value,) in parse_assignments(args.set, "--set"):
+        if key == "model.width" and args.widths:
+            raise ConfigError("Give the width once: --widths, or --set model.width=W.")
+        overrides += [f"--{key}", value]
+
+    def build(seed: int, width: int | None):
+        extra = [] if width is None else ["--model.width", str(width)]
+        model, loader = build_from_config(args.config, [*overrides, *extra], seed)
+        model.to(args.device)
+        hp = model.hparams
+        shape = (hp["in_channels"], hp["image_size"], hp["image_size"])
+        return model, seeded_loader(loader, seed), shape
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    disconnection.write_study_record(out, {**vars(args), "func": None})
+    rows, iou = disconnection.run_study(
+        build, plan, args.seeds, out, num_batches=args.num_batches, schedule=args.schedule
+    )
+    print(f"wrote {out / disconnection.MASKS_CSV}, {out / disconnection.IOU_CSV}, "
+          f"{out / disconnection.SUMMARY_CSV}")  # fmt: skip
+    fig = figures.disconnection_figure(rows, iou, args.title, str(out / disconnection.MASKS_CSV))
+    fig.savefig(out / disconnection.FIGURE, dpi=args.dpi)
+    if args.tensorboard:
+        figures.log_to_tensorboard(fig, args.tensorboard, "figures/disconnection")
+    print(f"wrote {out / disconnection.FIGURE}")
+
+
+def cmd_disconnection_figure(args: argparse.Namespace) -> None:
+    rows = read_table(args.results)
+    iou = read_table(args.iou) if args.iou else []
+    save(figures.disconnection_figure(rows, iou, args.title, args.results), args, "disconnection")
+
+
 def cmd_saliency_ratio(args: argparse.Namespace) -> None:
     rows = read_table(args.results)
     fig = figures.saliency_ratio_figure(rows, args.view, args.title, args.results)
@@ -457,6 +501,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="saliency view of the ratio figure",
     )
     p.add_argument("--device", default="cpu", help="e.g. cpu or cuda")
+    p = figure(
+        "disconnection",
+        cmd_disconnection,
+        "Compute masks over many seeds (no training): how many leave no input-output path, "
+        "their collapsed layers, the step their FORCE saliency reaches 0 and the IoU between "
+        "seeds; write disconnection.csv, seed_iou.csv, summary.csv, masks/ and "
+        "disconnection.png (continues an interrupted study in the same --out).",
+        out=False,
+    )
+    p.add_argument("--out", required=True, help="folder for the tables, masks and figure")
+    p.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        metavar="YAML",
+        help="config that builds the model and data, as for pruning-lightning fit",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="CLI override, e.g. data.data_dir=DIR or data.batch_size=128 (repeatable)",
+    )
+    p.add_argument("--methods", nargs="+", default=["force", "iter_snip"])
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.99, 0.995])
+    p.add_argument(
+        "--steps", nargs="+", type=int, default=[60], help="T of the progressive methods"
+    )
+    p.add_argument(
+        "--widths",
+        nargs="+",
+        type=int,
+        default=[],
+        help="model.width values (default: the config's)",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
+    p.add_argument("--schedule", default="exp", choices=["exp", "linear"])
+    p.add_argument("--num-batches", type=int, default=1, help="batches per saliency step")
+    p.add_argument("--device", default="cpu", help="e.g. cpu or cuda")
+    p = figure(
+        "disconnection-figure",
+        cmd_disconnection_figure,
+        "Redraw a disconnection study's figure from its disconnection.csv (and seed_iou.csv).",
+    )
+    p.add_argument("--results", required=True, metavar="CSV", help="disconnection.csv")
+    p.add_argument("--iou", metavar="CSV", help="seed_iou.csv of the same study")
     p = figure(
         "saliency-ratio",
         cmd_saliency_ratio,
