@@ -339,7 +339,9 @@ class PruningCallback(Callback):
     ) -> PruningResult:
         """The mask computation of a fit, per-step records included: exactly what `fit` runs on
         the model and the saliency data (and what benchmarks/mask_time.py times). It warns at the
-        first step whose saliency is zero; ``step_masks`` receives every step's mask."""
+        first step whose saliency is zero; ``step_masks`` receives every step's mask. An
+        ``invert``/``saliency_data`` run also computes the method's own mask (untimed), which the
+        record compares with the ablated one."""
         config = dataclasses.replace(self.resolved_config(), amp_dtype=amp_dtype)
         warn_zero = saliency_zero_warning(config)
 
@@ -356,6 +358,7 @@ class PruningCallback(Callback):
             progress=progress,
             record=True,
             on_step=on_step,
+            reference=True,
         )
 
     def _finish(

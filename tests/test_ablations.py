@@ -163,6 +163,29 @@ def test_invert_keeps_the_global_count_and_the_other_end_of_the_ranking(method):
     _assert_lowest(masks, scores, k, highest=method == "grasp")
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ablation": "invert"},
+        {"saliency_data": "random_labels"},
+        {"saliency_data": "shuffled_pixels"},
+    ],
+)
+def test_reference_gives_the_methods_own_mask_beside_an_ablated_computation(options):
+    net, data = conv_net(), batches(3)
+    before = state(net)
+    plain = prune(net, data, "force", steps=3).masks
+    assert prune(net, data, "force", steps=3, **options).unablated is None  # not asked for
+    result = run_pruning(net, data, PruningConfig("force", 0.8, steps=3, **options), reference=True)
+    assert_same_state(net, before)
+    assert all(torch.equal(result.unablated[n], plain[n]) for n in plain)  # the method's own
+    assert any(not torch.equal(result.masks[n], plain[n]) for n in plain)  # the ablated one
+    again = prune(net, data, "force", steps=3, **options).masks
+    assert all(
+        torch.equal(again[n], result.masks[n]) for n in plain
+    )  # the reference changes it not
+
+
 @pytest.mark.parametrize("resurrect", [True, False])
 def test_invert_keeps_the_lowest_ranked_at_every_step(resurrect):
     shapes = [torch.Size([5, 4]), torch.Size([30])]
@@ -236,7 +259,7 @@ def test_random_labels_change_only_the_labels_of_the_saliency_batches():
 
 def test_shuffled_pixels_permute_every_image_alike_and_keep_the_labels():
     net, data = conv_net(), batches(1, image_shape=(3, 6, 6))
-    (x, y), = data
+    ((x, y),) = data
     clean = x.clone()
     seen, loss_fn = _capture(net)
     run_pruning(net, data, PruningConfig("snip", 0.8, saliency_data="shuffled_pixels"),
@@ -356,10 +379,13 @@ def test_each_ablation_runs_through_the_cli_and_is_recorded(tmp_path, option, na
     assert getattr(record, option) == name
     assert record.ablation_seed == 0  # the run's seed (seed_everything: 0)
     assert record.global_sparsity == pytest.approx(0.9, abs=1e-4)
-    if name == "shuffle":
+    if name in ("shuffle", "invert"):  # positions at random / the other end of the ranking
         assert record.unablated_mask_sha256 != record.mask_sha256
         assert record.ablation_iou < 0.5
-    else:
+    elif option == "saliency_data":  # the method's own mask on clean batches, computed too
+        assert record.unablated_mask_sha256 != record.mask_sha256
+        assert record.ablation_iou < 1.0
+    else:  # reinit, shuffle_weights: the method's own mask, other weights
         assert record.unablated_mask_sha256 == record.mask_sha256
         assert record.ablation_iou == 1.0
 

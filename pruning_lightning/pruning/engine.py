@@ -9,6 +9,7 @@ method names, and nothing here imports Lightning.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
@@ -53,7 +54,9 @@ class PruningResult:
     masks: dict[str, Tensor]  # name -> bool tensor (True = kept), on the params' device
     seconds: float  # wall time of the computation
     steps: list[StepRecord] = field(default_factory=list)  # empty unless record=True
-    # the mask before a mask-level ablation (``shuffle``); None when the mask is the method's own
+    # the method's own mask: the one before a mask-level ablation (``shuffle``), or, with
+    # ``reference=True``, the one an ``invert``/``saliency_data`` run would have made; None when
+    # the mask is the method's own (or it was not asked for)
     unablated: dict[str, Tensor] | None = None
     # new theta0 of a weight-level ablation (reinit, shuffle_weights), by parameter name; the
     # model is not changed: the caller writes them (ablations.load_weights) before zeroing
@@ -70,6 +73,7 @@ def run_pruning(
     progress: bool | Callable[[int, int], None] = False,
     record: bool = False,
     on_step: StepHook | None = None,
+    reference: bool = False,
 ) -> PruningResult:
     """Compute the mask ``config`` asks for; the model is left bit-identical.
 
@@ -88,6 +92,10 @@ def run_pruning(
         on_step: called with a :class:`StepEvent` for every step t (its mask m_t before any
             ablation, kept counts, and S(m_t) when ``record`` measured it), as soon as S(m_t) is
             known: a caller keeps step masks or watches the saliency without a Lightning import.
+        reference: when the ablation changes the computation itself (``invert``,
+            ``saliency_data``), also compute the method's own mask on the same batches (a second
+            computation, not timed) into :attr:`PruningResult.unablated`, so the two can be
+            compared; without it, ``unablated`` is None for those ablations.
     """
     if not isinstance(config, PruningConfig):
         raise ConfigError(
@@ -181,13 +189,20 @@ def run_pruning(
     finally:
         if bar is not None:
             bar.close()
+    seconds = time.perf_counter() - start
+    unablated = None if ablated is masks else masks
+    if reference and changes_computation(config):
+        own = dataclasses.replace(config, ablation=None, saliency_data=None, ablation_seed=None)
+        unablated = run_pruning(model, data, own, loss_fn=loss_fn, grad_reduce=grad_reduce).masks
     return PruningResult(
-        masks=ablated,
-        seconds=time.perf_counter() - start,
-        steps=records,
-        unablated=None if ablated is masks else masks,
-        theta0=theta0,
+        masks=ablated, seconds=seconds, steps=records, unablated=unablated, theta0=theta0
     )
+
+
+def changes_computation(config: PruningConfig) -> bool:
+    """Whether the ablation changes how the mask is computed (not a finished mask): then the
+    method's own mask is a second computation, made only on request (``reference``)."""
+    return config.ablation == INVERT or config.saliency_data is not None
 
 
 _RUN_OPTIONS = ("loss_fn", "grad_reduce", "progress")
