@@ -196,6 +196,15 @@ def test_magnitude_keeps_the_largest_weights():
     assert kept.min() >= dropped.max()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_magnitude_scores_a_model_of_another_dtype(dtype):
+    net = hand_net().to(dtype)
+    masks = run_pruning(net, None, PruningConfig("magnitude", 0.75)).masks
+    as_float = copy.deepcopy(net).float()  # the same values where they fit a float32
+    expected = run_pruning(as_float, None, PruningConfig("magnitude", 0.75)).masks
+    assert all(torch.equal(masks[n], expected[n]) for n in expected)
+
+
 def test_random_is_seeded_exact_and_uniform_across_layers():
     net = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 300))
     a = run_pruning(net, None, PruningConfig("random", 0.8, seed=1)).masks

@@ -137,7 +137,7 @@ def magnitude_score(ctx: ScoreContext) -> ScoreFn:
 
     def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> None:
         for v, th in zip(views, theta0, strict=True):
-            torch.abs(th, out=v)
+            v.copy_(th).abs_()  # casts: a float64 or bf16 model scores into the float32 buffer
 
     return step
 
