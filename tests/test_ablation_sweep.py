@@ -126,6 +126,14 @@ def test_dry_run_adds_the_ablation_flag(tmp_path, capsys):
     assert "--pruning.ablation" not in by_name["dense-s0-seed0"]
 
 
+def test_a_sweep_says_which_methods_get_no_invert_run(tmp_path, capsys):
+    args = ["--config", QUICKSTART, "--methods", "random", "force", "--sparsities", "0.9"]
+    sweep_main([*args, "--ablations", "none", "invert", "--out", str(tmp_path), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "note: no invert runs for random" in out
+    assert "random-s0.9-seed0-invert" not in out and "force-s0.9-seed0-invert" in out
+
+
 def test_the_ablation_column_comes_from_the_record(tmp_path):
     run = fake_run(tmp_path / "a", "x", 0, 0.5, "force", "shuffle")
     assert read_run(run)["ablation"] == "shuffle"

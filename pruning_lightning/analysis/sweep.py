@@ -519,6 +519,9 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"{', '.join(sorted(clash))} is both in --grid and --set; keep one.")
     out = Path(args.out).resolve()
     specs = expand(args.methods, args.sparsities, args.seeds, grid, args.ablations)
+    unranked = [m for m in args.methods if not get_criterion(m).ranked]
+    if INVERT in args.ablations and unranked:
+        print(f"note: no {INVERT} runs for {', '.join(unranked)}: random scores rank nothing")
     commands = [
         build_command(s, configs, sets, out / s.name, args.python, args.devices, args.num_nodes)
         for s in specs
