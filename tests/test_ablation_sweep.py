@@ -144,6 +144,21 @@ def test_the_ablation_column_comes_from_the_record(tmp_path):
     assert read_run(fake_run(tmp_path / "c", "x", 0, 0.5, "dense", None))["ablation"] == "none"
 
 
+@pytest.mark.parametrize(
+    ("ablation", "saliency_data", "column"),
+    [(None, "random_labels", "random_labels"), ("shuffle", "shuffled_pixels",
+      "shuffle+shuffled_pixels")],
+)  # fmt: skip
+def test_a_run_on_corrupted_saliency_data_is_its_own_ablation(
+    tmp_path, ablation, saliency_data, column
+):
+    run = fake_run(tmp_path, "x", 0, 0.5, "force", ablation)
+    record = json.loads((run / "pruning.json").read_text())
+    (run / "pruning.json").write_text(json.dumps({**record, "saliency_data": saliency_data}))
+    assert read_run(run)["ablation"] == column
+    assert figures.sort_ablations([column, "invert", "none"])[0] == "none"
+
+
 def test_collected_table_has_the_ablation_column_and_figures_keep_ablations_apart(sweep):
     out, args = sweep
     sweep_main([*args, "--collect-only"])

@@ -30,7 +30,7 @@ from pruning_lightning.analysis.results import (
     require_unique,
 )
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.config import ABLATIONS
+from pruning_lightning.pruning.config import ABLATIONS, SALIENCY_DATA
 from pruning_lightning.pruning.registry import DENSE, criteria_list, get_criterion, method_names
 from pruning_lightning.report import short_layer_name
 
@@ -371,7 +371,7 @@ _HATCHES = ("", "//", "..", "xx", "\\\\", "--", "++", "oo")
 
 def sort_ablations(ablations: Sequence[str]) -> list[str]:
     """The method's own mask first, then the ablations in PruningConfig's order, then the rest."""
-    known = [NO_ABLATION, *ABLATIONS]
+    known = [NO_ABLATION, *ABLATIONS, *SALIENCY_DATA]
     unique = list(dict.fromkeys(ablations))
     return sorted(unique, key=lambda a: (known.index(a) if a in known else len(known), a))
 

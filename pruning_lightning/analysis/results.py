@@ -17,7 +17,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +187,7 @@ def read_run(log_dir: str | Path) -> dict[str, Any]:
     lacks one takes it from an earlier attempt (:func:`find_pruning_json`). A dense run (sparsity
     0) writes no record: its method is :data:`DENSE`, its seed ``seed_everything``'s from
     ``config.yaml``, and its mask columns are empty. ``ablation`` is the record's
-    (:data:`NO_ABLATION` when it has none, as for a dense run).
+    (:func:`ablation_name`; :data:`NO_ABLATION` when it has none, as for a dense run).
     """
     log_dir = Path(log_dir)
     metrics_path = log_dir / TEST_METRICS
@@ -210,7 +210,7 @@ def read_run(log_dir: str | Path) -> dict[str, Any]:
         row["method"], row["sparsity"] = summary["method"], summary["sparsity"]
         seed = summary["global_seed"]  # the run's seed, as sweeps count seeds
         row["seed"] = summary["seed"] if seed is None else seed
-        row["ablation"] = summary["ablation"] or NO_ABLATION
+        row["ablation"] = ablation_name(summary)
         for key in ("steps", "schedule", "num_batches"):
             row[key] = summary[key]
     else:
@@ -236,6 +236,14 @@ def read_run(log_dir: str | Path) -> dict[str, Any]:
         row["disconnected"] = False
     row["run_dir"] = str(log_dir)
     return row
+
+
+def ablation_name(record: Mapping[str, Any]) -> str:
+    """The ``ablation`` column of a run: its mask ablation and its saliency-data corruption
+    joined by ``+`` (``shuffle``, ``random_labels``, ``shuffle+random_labels``), or
+    :data:`NO_ABLATION`, so a run on corrupted data is never averaged with the method's own."""
+    parts = [record.get("ablation"), record.get("saliency_data")]
+    return "+".join(p for p in parts if p) or NO_ABLATION
 
 
 def collect_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
