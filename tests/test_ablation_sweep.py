@@ -207,6 +207,9 @@ def test_ablations_figure_draws_mean_and_std_over_seeds_per_method(sweep):
     assert force_x < force_invert[0] < 0.5 < snip_x  # in FORCE's group (ticks at 0 and 1)
     labels = [t.get_text() for t in fig.axes[0].texts]
     assert labels.count("n=3") == 5
+    (dense,) = [line for line in fig.axes[0].lines if line.get_label().startswith("Dense")]
+    assert dense.get_ydata()[0] == pytest.approx(100 * sum(DENSE) / 3)  # the dense runs' mean
+    assert dense.get_label() == "Dense (mean, n=3)"
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["FORCE", "SNIP"]
 
 

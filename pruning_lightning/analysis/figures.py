@@ -389,7 +389,8 @@ def ablations_figure(
 ) -> Figure:
     """Grouped bars at one sparsity: per method, the mean accuracy over seeds of its original
     mask next to each ablation's (error bars: sample std; ``n=`` above each bar: its runs).
-    Bars take the method's colour, one hatch per ablation (the legend)."""
+    Bars take the method's colour, one hatch per ablation (the legend); the table's dense runs,
+    if any, are a dashed line at their mean."""
     require_columns(
         rows,
         numeric=["sparsity", metric],
@@ -401,6 +402,7 @@ def ablations_figure(
     _check_fraction(rows, metric, source)
     chosen, sparsity = _at_sparsity([r for r in rows if r["sparsity"] > 0], sparsity, source)
     require_unique(chosen, ["method", "ablation", "seed"], source)
+    dense = [100 * r[metric] for r in rows if r["sparsity"] == 0]
     cells = group_rows(chosen, ["method", "ablation"])
     methods = sort_methods([m for m, _ in cells])
     ablations = sort_ablations([a for _, a in cells])
@@ -436,6 +438,12 @@ def ablations_figure(
         )
         for j, a in enumerate(ablations)
     ]
+    if dense:  # the table's dense runs: the reference every ablation is read against
+        mean, _ = mean_std(dense)
+        handles.append(
+            ax.axhline(mean, color=DENSE_COLOR, linestyle="--", linewidth=1,
+                       label=f"{DENSE_LABEL} (mean, n={len(dense)})")  # fmt: skip
+        )
     ax.legend(
         handles=handles,
         fontsize=8,
