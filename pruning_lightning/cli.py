@@ -167,7 +167,14 @@ def _backbone_of(config) -> str | None:
 
 
 def _config_error(err: BaseException | None) -> ConfigError | None:
-    """The ConfigError behind `err`: jsonargparse re-raises instantiation errors as its own."""
-    while err is not None and not isinstance(err, ConfigError):
+    """The ConfigError behind `err`: jsonargparse re-raises instantiation errors as its own. A
+    missing optional package (a logger's or a backbone's) is one too: the fix is an install."""
+    while err is not None and not isinstance(err, ConfigError | ModuleNotFoundError):
         err = err.__cause__ or err.__context__
+    if isinstance(err, ModuleNotFoundError):
+        text = (str(err).strip().splitlines() or [repr(err)])[0]
+        return ConfigError(
+            f"{text} (this project's extras install them: pip install -e '.[timm]', "
+            "'.[mlflow]' or '.[wandb]')."
+        )
     return err

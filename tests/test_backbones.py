@@ -186,3 +186,17 @@ def test_every_example_config_parses(config, capsys, monkeypatch):
               "--print_config"])  # fmt: skip
     assert exit_info.value.code == 0
     assert yaml.safe_load(capsys.readouterr().out)["pruning"]["method"] == "force"
+
+
+def test_a_missing_optional_package_is_one_line():
+    from pruning_lightning.cli import _config_error
+
+    try:
+        try:
+            raise ModuleNotFoundError("Requirement 'mlflow>=1.0.0' not met.\nHINT: ...")
+        except ModuleNotFoundError as err:
+            raise RuntimeError("instantiating the trainer failed") from err
+    except RuntimeError as err:
+        message = str(_config_error(err))
+    assert message.startswith("Requirement 'mlflow>=1.0.0' not met. (this project's extras")
+    assert "\n" not in message
