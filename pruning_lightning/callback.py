@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from pruning_lightning import report
+from pruning_lightning import report, report_loggers
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.lightning_internals import global_seed, train_loader
 from pruning_lightning.pruning.ablations import (
@@ -609,20 +609,21 @@ class PruningCallback(Callback):
         writer.save(Path(log_dir) / STEP_MASKS)
 
     def _write_record(self, trainer: pl.Trainer, log_dir: str | None) -> None:
-        """pruning.json in the run's log dir (rank zero; nothing without a logger or record)."""
+        """pruning.json in the run's log dir, and to the loggers that keep files (rank zero;
+        nothing without a logger or record)."""
         if log_dir is None or self.record is None or not trainer.is_global_zero:
             return
-        Path(log_dir).mkdir(parents=True, exist_ok=True)
-        (Path(log_dir) / PRUNING_JSON).write_text(self.record.to_json())
+        path = Path(log_dir) / PRUNING_JSON
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.record.to_json())
+        report_loggers.log_file(trainer.loggers, path)  # e.g. an MLflow or W&B artifact
 
     @staticmethod
     def _log_figure(trainer: pl.Trainer, log_dir: str | None, figure: Any) -> None:
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure(
-                    "pruning/kept_fraction_per_layer", figure, trainer.global_step
-                )
+        """The per-layer figure to every logger of the run, and as a PNG in its log dir."""
+        report_loggers.log_figure(
+            trainer.loggers, "pruning/kept_fraction_per_layer", figure, trainer.global_step
+        )
         if log_dir is not None:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             figure.savefig(Path(log_dir) / "kept_fraction_per_layer.png", dpi=120)

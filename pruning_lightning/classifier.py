@@ -7,17 +7,20 @@ the only thing that differs between a dense and a pruned run is the PruningCallb
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.models import build_backbone
+from pruning_lightning.models.external import check_backbone, class_path, load_backbone_weights
 
 
 def paper_sgd(params) -> torch.optim.Optimizer:
@@ -34,27 +37,36 @@ class ImageClassifier(pl.LightningModule):
     """Trains and evaluates a backbone on an image-classification datamodule.
 
     ``num_classes``, ``in_channels`` and ``image_size`` are linked from the datamodule by the CLI,
-    so a config only names the backbone.
+    so a config only names the backbone: a registry name, or any ``nn.Module`` as
+    ``class_path``/``init_args`` (torchvision, timm, your own), checked against the data here.
     """
 
     def __init__(
         self,
-        backbone: str = "resnet50",
+        backbone: str | nn.Module = "resnet50",
         num_classes: int = 10,
         in_channels: int = 3,
         image_size: int = 32,
         width: int | None = None,
+        weights: str | None = None,
+        weights_strict: bool = True,
         optimizer: OptimizerCallable = paper_sgd,
         lr_scheduler: LRSchedulerCallable | None = paper_multistep,
         warmup_epochs: float = 0.0,
     ) -> None:
         """
         Args:
-            backbone: a name in `pruning_lightning.models.BACKBONES` (`fit --help` lists them).
+            backbone: a name in `pruning_lightning.models.BACKBONES` (`fit --help` lists them), or
+                any nn.Module as class_path/init_args, e.g. torchvision.models.resnet18 with
+                num_classes (its output must be the logits of the data's classes).
             num_classes: classes of the dataset (linked from the datamodule by the CLI).
             in_channels: image channels (linked from the datamodule by the CLI).
             image_size: image height and width (linked from the datamodule by the CLI).
-            width: base width of the backbone (None: the published one).
+            width: base width of a registry backbone (None: the published one).
+            weights: a state_dict file (or a Lightning checkpoint) loaded into the backbone before
+                pruning, e.g. a trained network to prune with magnitude or SNIP.
+            weights_strict: every key of the backbone must be in `weights`, with its shape, and
+                no other; false loads the keys that fit and warns about the rest.
             optimizer: any torch optimizer, e.g. ``{class_path: torch.optim.Adam}``.
             lr_scheduler: any torch LR scheduler, stepped once per epoch; null for a constant rate.
             warmup_epochs: ramp the learning rate linearly from ~0 to the scheduled one over this
@@ -64,10 +76,32 @@ class ImageClassifier(pl.LightningModule):
         if warmup_epochs < 0:
             raise ConfigError(f"--model.warmup_epochs must be >= 0, got {warmup_epochs}.")
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.backbone = build_backbone(
-            backbone, num_classes, in_channels=in_channels, image_size=image_size, width=width
-        )
+        with warnings.catch_warnings():  # a module built in Python is replaced by its class below
+            warnings.filterwarnings("ignore", "Attribute 'backbone' is an instance of `nn.Module`")
+            self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if isinstance(backbone, nn.Module):
+            if width is not None:
+                raise ConfigError(
+                    "--model.width scales the registry's backbones only: set the width of "
+                    f"{class_path(backbone)} in its own init_args and leave width null."
+                )
+            if isinstance(self.hparams.get("backbone"), nn.Module):
+                # built in Python, not by the CLI (whose hparams hold class_path/init_args):
+                # a checkpoint names the class, never pickles the module
+                self.hparams["backbone"] = {"class_path": class_path(backbone)}
+            check_backbone(backbone, num_classes, in_channels, image_size)
+            self.backbone = backbone
+        else:
+            self.backbone = build_backbone(
+                backbone, num_classes, in_channels=in_channels, image_size=image_size, width=width
+            )
+        if weights is not None:
+            left_out = load_backbone_weights(self.backbone, weights, strict=weights_strict)
+            if left_out:
+                rank_zero_warn(
+                    f"--model.weights {weights}: {len(left_out)} tensors of the backbone keep "
+                    f"their initial values (missing or of another shape): {', '.join(left_out)}."
+                )
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.warmup_epochs = warmup_epochs

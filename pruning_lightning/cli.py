@@ -10,6 +10,7 @@ classes, channels and the image size flow from it into the model, so a config ne
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -44,6 +45,21 @@ class PruningArgumentParser(LightningArgumentParser):
 class PruningCLI(LightningCLI):
     """LightningCLI plus the PruningCallback as its own argument group, `--pruning.*`."""
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        self._given_backbone = _backbone_of(self.config)
+
+    def before_instantiate_classes(self) -> None:
+        # Lightning has read `--ckpt_path`'s hyperparameters into the config by now: they may set
+        # values, but the backbone's code comes from the config alone (docs/SECURITY.md)
+        trained = _backbone_of(self.config)
+        if trained != self._given_backbone:
+            raise ConfigError(
+                f"--ckpt_path was trained with the backbone {trained!r} but the config names "
+                f"{self._given_backbone!r}: pass the config of that run (its log dir holds "
+                "config.yaml)."
+            )
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(PruningCallback, "pruning")
         _describe_methods(parser)
@@ -74,7 +90,10 @@ def _describe_methods(parser: LightningArgumentParser) -> None:
         parser, "pruning.method", f"Pruning method, one of: {', '.join(method_names())}."
     )
     set_argument_help(
-        parser, "model.backbone", f"Backbone network, one of: {', '.join(BACKBONES)}."
+        parser,
+        "model.backbone",
+        f"Backbone network: one of {', '.join(BACKBONES)}, or any nn.Module as "
+        "class_path/init_args (torchvision, timm, a class importable from the current directory).",
     )
 
 
@@ -99,6 +118,8 @@ def main(args: ArgsType = None) -> None:
     ``export`` is not a Trainer method, so it is dispatched here (pruning_lightning/export.py).
     """
     argv = sys.argv[1:] if args is None else args
+    if os.getcwd() not in sys.path:  # a config's class_path may name the user's own module
+        sys.path.append(os.getcwd())
     if isinstance(argv, list | tuple) and list(argv[:1]) == ["export"]:
         from pruning_lightning.export import main as export_main
 
@@ -138,8 +159,22 @@ def _close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def _backbone_of(config) -> str | None:
+    """The backbone a parsed config names: a registry name or the class_path of a module."""
+    subcommand = config.get("subcommand")
+    backbone = (config[subcommand] if subcommand else config).get("model.backbone")
+    return getattr(backbone, "class_path", backbone)
+
+
 def _config_error(err: BaseException | None) -> ConfigError | None:
-    """The ConfigError behind `err`: jsonargparse re-raises instantiation errors as its own."""
-    while err is not None and not isinstance(err, ConfigError):
+    """The ConfigError behind `err`: jsonargparse re-raises instantiation errors as its own. A
+    missing optional package (a logger's or a backbone's) is one too: the fix is an install."""
+    while err is not None and not isinstance(err, ConfigError | ModuleNotFoundError):
         err = err.__cause__ or err.__context__
+    if isinstance(err, ModuleNotFoundError):
+        text = (str(err).strip().splitlines() or [repr(err)])[0]
+        return ConfigError(
+            f"{text} (this project's extras install them: pip install -e '.[timm]', "
+            "'.[mlflow]' or '.[wandb]')."
+        )
     return err

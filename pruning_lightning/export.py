@@ -46,9 +46,10 @@ from pruning_lightning.pruning.masks import check_masks, kept_counts
 # future checkpoint really needs goes here, by class, and nothing else.
 CHECKPOINT_GLOBALS: tuple[Any, ...] = ()
 
-# The ImageClassifier arguments that fix the network's shape, and their types.
+# The ImageClassifier arguments that fix the network's shape, and their types (a backbone is a
+# registry name or, built by class_path, the config that built it).
 _ARCHITECTURE: dict[str, tuple[type, ...]] = {
-    "backbone": (str,),
+    "backbone": (str, dict),
     "num_classes": (int,),
     "in_channels": (int,),
     "image_size": (int,),
@@ -56,12 +57,16 @@ _ARCHITECTURE: dict[str, tuple[type, ...]] = {
 }
 
 
-def load_pruned_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, torch.Tensor], tuple]:
+def load_pruned_checkpoint(
+    path: str | Path, config_section: Mapping[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, torch.Tensor], tuple]:
     """(ImageClassifier on the CPU, masks by parameter name, one example's input shape).
 
     Only tensors and plain data are read (no pickled code runs), and the model is built from the
     checkpoint's hyperparameters and weights rather than by Lightning's loader, which would read
-    the file again and instantiate whatever its hyperparameters name.
+    the file again and instantiate whatever its hyperparameters name. A backbone built by
+    ``class_path`` is code, so it is built from the trusted config's model section
+    (``config_section``), never from the checkpoint, which must name the same class.
     """
     from pruning_lightning.classifier import ImageClassifier
 
@@ -100,6 +105,8 @@ def load_pruned_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, torch
             f"{foreign} its hyper_parameters do not describe an ImageClassifier (wrong or "
             f"missing: {', '.join(wrong or ['backbone'])})."
         )
+    if isinstance(arguments["backbone"], dict):
+        arguments["backbone"] = _configured_backbone(path, arguments["backbone"], config_section)
     try:
         model = ImageClassifier(**arguments)
     except ConfigError as err:
@@ -122,6 +129,44 @@ def load_pruned_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, torch
         raise ConfigError(f"{foreign} {err}") from None
     hp = model.hparams
     return model.eval(), dict(masks), (hp.in_channels, hp.image_size, hp.image_size)
+
+
+def _configured_backbone(
+    path: Path, trained: Mapping[str, Any], config_section: Mapping[str, Any] | None
+) -> nn.Module:
+    """The backbone the config builds, after checking it is the class the checkpoint names."""
+    name = trained.get("class_path")
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"{path} is not a checkpoint of this application: its backbone hyperparameter is "
+            "neither a registry name nor a class_path."
+        )
+    if config_section is None:
+        raise ConfigError(
+            f"{path} was trained with the backbone {name}, which is code: a checkpoint never "
+            "chooses what is imported (docs/SECURITY.md). Pass the run's config.yaml with --config."
+        )
+    configured = config_section.get("backbone")
+    given = configured.get("class_path") if isinstance(configured, dict) else configured
+    if given != name:
+        raise ConfigError(
+            f"--config has model.backbone {given!r} but the checkpoint was trained with {name!r}: "
+            "pass the config of that run (its log dir holds config.yaml)."
+        )
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--backbone", type=nn.Module)
+    try:
+        config = parser.parse_object({"backbone": dict(configured)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # jsonargparse's deprecation notices
+            build = getattr(parser, "instantiate", None) or parser.instantiate_classes
+            return build(config).backbone
+    except Exception as err:  # the config's class_path or init_args do not build
+        raise ConfigError(
+            f"--config's model.backbone {name} builds no network ({_first_line(err)})."
+        ) from None
 
 
 def _safe_load(path: Path) -> object:
@@ -198,9 +243,12 @@ def _read_config(config: Path) -> dict:
 
 
 def _check_config(config: Path, section: dict, model: nn.Module) -> None:
-    """The config's model section must describe the checkpoint's network."""
+    """The config's model section must describe the checkpoint's network (a class_path backbone
+    was checked when it was built)."""
     for key in ("backbone", "width"):
         if key in section and section[key] != model.hparams.get(key):
+            if key == "backbone" and isinstance(section[key], dict):
+                continue
             raise ConfigError(
                 f"--config {config} has model.{key}={section[key]!r} but the checkpoint was "
                 f"trained with {model.hparams.get(key)!r}: pass the config of that run (its "
@@ -236,7 +284,7 @@ def export_checkpoint(
     _check_targets(targets, Path(ckpt_path))
     section = _read_config(Path(config)) if config is not None else None
     with _reserved(targets) as files:
-        model, masks, input_shape = load_pruned_checkpoint(ckpt_path)
+        model, masks, input_shape = load_pruned_checkpoint(ckpt_path, section)
         if section is not None:
             _check_config(Path(config), section, model)
         backbone = model.backbone.eval()
@@ -245,7 +293,13 @@ def export_checkpoint(
         example = torch.zeros((2, *input_shape))
         batch = torch.export.Dim("batch", min=1)
         if "--output" in files:
-            program = torch.export.export(compact, (example,), dynamic_shapes=({0: batch},))
+            try:
+                program = torch.export.export(compact, (example,), dynamic_shapes=({0: batch},))
+            except Exception as err:  # e.g. data-dependent control flow in a custom network
+                raise ConfigError(
+                    f"torch.export cannot trace {type(backbone).__name__} ({type(err).__name__}: "
+                    f"{_first_line(err)}): the export needs a network torch.export can capture."
+                ) from None
             files["--output"](lambda f: torch.export.save(program, f))
         if "--onnx" in files:
             files["--onnx"](

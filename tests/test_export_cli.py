@@ -112,3 +112,12 @@ def test_an_output_without_suffix_is_a_pt2_program(ckpt, tmp_path, monkeypatch):
     assert tree(tmp_path) == {"model"}
     program = torch.export.load(tmp_path / "model").module()
     assert program(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_a_network_torch_export_cannot_capture(capfd, workdir, ckpt, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("data-dependent control flow\n  in forward")
+
+    monkeypatch.setattr(torch.export, "export", fail)
+    err = refused(capfd, "--ckpt_path", str(ckpt), "--output", "m.pt2")
+    assert "torch.export cannot trace ResNet (RuntimeError: data-dependent control flow)" in err

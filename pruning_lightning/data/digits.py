@@ -18,6 +18,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from pruning_lightning.data.base import ImageDataModule, split_indices
+from pruning_lightning.errors import ConfigError
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0
@@ -67,6 +68,7 @@ class DigitsDataModule(ImageDataModule):
         split_seed: int = 0,
         augment: bool = True,
         train_subset: int | None = None,
+        channels: int = 1,
     ) -> None:
         """Digits data module.
 
@@ -77,9 +79,14 @@ class DigitsDataModule(ImageDataModule):
             split_seed: Seed of the train/val split and of train_subset (not the global seed).
             augment: Random crop with padding 1 on the training split (no flips on digits).
             train_subset: Use only this many non-test images (seeded choice, before the split).
+            channels: 1 (grayscale), or 3 to repeat the gray channel, for networks with an RGB
+                stem such as torchvision's.
         """
+        if channels not in (1, 3):
+            raise ConfigError(f"--data.channels must be 1 or 3, got {channels!r}.")
         super().__init__(batch_size, num_workers, val_fraction, split_seed, augment, train_subset)
-        self._stats: tuple[tuple[float], tuple[float]] | None = None
+        self.channels = channels
+        self._stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -87,7 +94,7 @@ class DigitsDataModule(ImageDataModule):
 
     @property
     def in_channels(self) -> int:
-        return 1
+        return self.channels
 
     @property
     def image_size(self) -> int:
@@ -101,7 +108,7 @@ class DigitsDataModule(ImageDataModule):
     def std(self) -> tuple[float, ...]:
         return self._train_stats()[1]
 
-    def _train_stats(self) -> tuple[tuple[float], tuple[float]]:
+    def _train_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Pixel mean/std of the training split (the same split setup builds: it is seeded)."""
         if self._stats is None:
             images = digits_splits()[0]
@@ -109,13 +116,14 @@ class DigitsDataModule(ImageDataModule):
                 len(images), self.val_fraction, self.split_seed, self.train_subset
             )
             train = images[train_idx].double()
-            self._stats = ((train.mean().item(),), (train.std().item(),))
+            mean, std = train.mean().item(), train.std().item()
+            self._stats = ((mean,) * self.channels, (std,) * self.channels)
         return self._stats
 
     def _load_train(self) -> Dataset:
         images, labels, _, _ = digits_splits()
-        return TensorImages(images, labels)
+        return TensorImages(images.repeat(1, self.channels, 1, 1), labels)
 
     def _load_test(self) -> Dataset:
         _, _, images, labels = digits_splits()
-        return TensorImages(images, labels)
+        return TensorImages(images.repeat(1, self.channels, 1, 1), labels)

@@ -151,10 +151,11 @@ def compact_network(
     try:
         graph = tp.DependencyGraph().build_dependency(net, example_inputs=example, verbose=False)
     except Exception as err:  # whatever the tracer cannot follow
+        detail = (str(err).strip().splitlines() or [""])[0]
         raise ConfigError(
-            f"Torch-Pruning cannot trace this network's channel dependencies ({type(err).__name__}:"
-            f" {err}). Export supports the backbones of pruning_lightning.models; a custom "
-            "network needs layers Torch-Pruning knows (see its customized_pruners)."
+            f"Torch-Pruning cannot trace the channel dependencies of {type(net).__name__} "
+            f"({type(err).__name__}: {detail}): the export supports networks of layers "
+            "Torch-Pruning knows (see its customized_pruners)."
         ) from err
     for layer in layers.values():
         if any(layer is m for m in kept_modules):
