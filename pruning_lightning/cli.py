@@ -172,9 +172,17 @@ def _config_error(err: BaseException | None) -> ConfigError | None:
     while err is not None and not isinstance(err, ConfigError | ModuleNotFoundError):
         err = err.__cause__ or err.__context__
     if isinstance(err, ModuleNotFoundError):
-        text = (str(err).strip().splitlines() or [repr(err)])[0]
+        text = (str(err).strip().splitlines() or [repr(err)])[0].rstrip(".")
+        # Lightning's loggers raise it with a requirement text and no module name
+        top = err.name.split(".")[0] if err.name else next((e for e in _EXTRAS if e in text), "")
+        if top in _EXTRAS:
+            return ConfigError(f"{text}: install the extra, pip install -e '.[{top}]'.")
         return ConfigError(
-            f"{text} (this project's extras install them: pip install -e '.[timm]', "
-            "'.[mlflow]' or '.[wandb]')."
+            f"{text}: check the class_path (a module of your own must be importable from the "
+            "current directory), or install the package that provides it."
         )
     return err
+
+
+#: The optional packages a config may need, each the name of this project's extra installing it.
+_EXTRAS = ("timm", "mlflow", "wandb")

@@ -198,5 +198,12 @@ def test_a_missing_optional_package_is_one_line():
             raise RuntimeError("instantiating the trainer failed") from err
     except RuntimeError as err:
         message = str(_config_error(err))
-    assert message.startswith("Requirement 'mlflow>=1.0.0' not met. (this project's extras")
-    assert "\n" not in message
+    assert message == (
+        "Requirement 'mlflow>=1.0.0' not met: install the extra, pip install -e '.[mlflow]'."
+    )
+    missing_timm = ModuleNotFoundError("No module named 'timm'", name="timm")
+    assert str(_config_error(missing_timm)).endswith("pip install -e '.[timm]'.")
+    typo = ModuleNotFoundError("No module named 'my_nett'", name="my_nett")
+    message = str(_config_error(typo))
+    assert message.startswith("No module named 'my_nett': check the class_path")
+    assert "extra" not in message and "\n" not in message
