@@ -66,36 +66,37 @@ def layer_counts(quota: QuotaFn, shapes: Sequence[torch.Size], density: float) -
 
 
 def erdos_renyi_densities(
-    shapes: Sequence[torch.Size], density: float, *, kernel: bool = True
+    shapes: Sequence[torch.Size], density: float, *, kernel: bool = True, exact: bool = True
 ) -> list[float]:
-    """Per-layer densities exactly as google-research/rigl ``get_sparsities_erdos_renyi``.
+    """Per-layer densities by google-research/rigl's ``get_sparsities_erdos_renyi``.
 
     ERK (``kernel``): raw ratio ``sum(shape) / prod(shape)``; ER: ``(n_in + n_out) / (n_in *
-    n_out)`` of the channel dimensions. density_l = eps * raw_l, with eps fixed so that the
-    layers together keep ``sum(n_l - floor(s * n_l))`` weights (rigl's budget). While the largest
-    eps * raw exceeds 1, every layer with the largest raw ratio is made dense and eps recomputed.
-    Power scale 1, no layer dense by default.
+    n_out)`` of the channel dimensions. density_l = eps * raw_l, eps fixed by the budget; while
+    the largest eps * raw exceeds 1, every layer with the largest raw ratio is made dense and eps
+    recomputed. Power scale 1, no layer dense by default. The budget: with ``exact``, k = round(d
+    * N) (so the targets sum to k); without, rigl's own ``sum(n_l - floor(s * n_l))`` (the ones
+    of per-layer uniform masks), which reproduces rigl's numbers to the last bit.
     """
     sparsity = 1.0 - density
+    sizes = [math.prod(s) for s in shapes]
+    budget = (
+        kept_total(shapes, density) if exact else sum(n - math.floor(sparsity * n) for n in sizes)
+    )
     dense: set[int] = set()
     while True:
-        divisor, rhs, raw = 0.0, 0.0, {}
+        divisor, raw = 0.0, {}
         for i, shape in enumerate(shapes):
-            n = math.prod(shape)
-            n_zeros = math.floor(sparsity * n)
             if i in dense:
-                rhs -= n_zeros
                 continue
-            rhs += n - n_zeros
             if kernel:
-                raw[i] = sum(shape) / n
+                raw[i] = sum(shape) / sizes[i]
             else:
                 n_out, n_in = shape[0], shape[1]  # torch order; rigl's TF kernels end (in, out)
                 raw[i] = (n_in + n_out) / (n_in * n_out)
-            divisor += raw[i] * n
+            divisor += raw[i] * sizes[i]
         if not raw:  # every layer dense (only at density 1)
             return [1.0] * len(shapes)
-        eps = rhs / divisor
+        eps = (budget - sum(sizes[i] for i in dense)) / divisor
         largest = max(raw.values())
         if largest * eps <= 1:
             return [1.0 if i in dense else eps * raw[i] for i in range(len(shapes))]
