@@ -139,3 +139,26 @@ def test_sweep_with_two_devices_finishes_every_entry(tmp_path):
     assert sorted(r["method"] for r in rows) == ["dense", "force"]
     assert all(r["test_acc1"] for r in rows)
     assert len(list(out.rglob("test_metrics.json"))) == 2
+
+
+NEW_METHODS = ("grasp_it", "erk", "er", "uniform_plus", "smart_ratio", "smart_ratio_vgg")
+
+
+def test_new_methods_one_mask_on_two_ranks_through_the_sweep(tmp_path):
+    """Issue 20's methods under DDP, through pruning-sweep: each run finishes (the callback
+    stops a run whose mask checksum differs across ranks), on 2 ranks, at exactly 90%."""
+    out = tmp_path / "sweep"
+    console(
+        "pruning-sweep", "--config", QUICKSTART, "--methods", *NEW_METHODS, "--sparsities", "0.9",
+        "--devices", "2", "--set", "trainer.strategy=ddp", "--set", "trainer.accelerator=cpu",
+        "--set", "trainer.max_epochs=1", "--set", "trainer.limit_train_batches=2",
+        "--set", "trainer.limit_val_batches=1", "--set", "trainer.limit_test_batches=1",
+        "--set", "pruning.steps=3", "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["method"] for r in rows) == sorted(NEW_METHODS)
+    records = [json.loads(p.read_text()) for p in out.rglob("pruning.json")]
+    assert sorted(r["method"] for r in records) == sorted(NEW_METHODS)
+    for record in records:
+        assert record["world_size"] == 2
+        assert record["global_sparsity"] == pytest.approx(0.9, abs=1e-5)
