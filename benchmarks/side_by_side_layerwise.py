@@ -99,8 +99,10 @@ def tf_shape(shape: torch.Size) -> list[int]:
     return [shape[2], shape[3], shape[1], shape[0]] if len(shape) == 4 else [shape[1], shape[0]]
 
 
-def compare_erdos_renyi(repo: Path, net: nn.Module, sparsity: float) -> None:
+def compare_erdos_renyi(repo: Path, net: nn.Module, sparsity: float) -> float:
+    """Prints the table; returns the largest |rigl - ours on rigl's budget| density gap."""
     official = rigl_function(repo)
+    worst = 0.0
     prunable = prunable_parameters(net)
     shapes = [p.shape for p in prunable.values()]
     masks = [_Mask(n, tf_shape(p.shape)) for n, p in prunable.items()]
@@ -120,18 +122,22 @@ def compare_erdos_renyi(repo: Path, net: nn.Module, sparsity: float) -> None:
         for name, n, t, a, o, r, c in rows:
             print(f"  {name:<10}{n:>7}{t:>11.6f}{a:>11.6f}{o:>11.6f}{r:>11}{c:>10}")
         diff = max(abs(a - b) for a, b in zip(theirs, same, strict=True))
+        worst = max(worst, diff)
         k = round((1 - sparsity) * sum(sizes))
         print(f"  max |rigl - ours on rigl's budget| = {diff:.2e}; kept total rigl "
               f"{sum(rigl_kept)}, ours {sum(counts)} (k = {k})")  # fmt: skip
+    return worst
 
 
-def compare_smart_ratio(repo: Path, net: nn.Module, sparsity: float) -> None:
+def compare_smart_ratio(repo: Path, net: nn.Module, sparsity: float) -> int:
+    """Prints the table; returns the largest per-layer count difference."""
     sys.path.insert(0, str(repo))
     try:
         module = importlib.import_module("pruner.SmartRatio")
     finally:
         sys.path.remove(str(repo))
     shapes = [p.shape for p in prunable_parameters(net).values()]
+    worst = 0
     cuda = torch.Tensor.cuda
     torch.Tensor.cuda = lambda self, *a, **k: self  # their masks are made on the GPU
     try:
@@ -149,11 +155,13 @@ def compare_smart_ratio(repo: Path, net: nn.Module, sparsity: float) -> None:
             for shape, t, f, o in zip(shapes, theirs, targets, ours, strict=True):
                 print(f"  {math.prod(shape):>7}{t:>9}{f:>12.2f}{o:>7}")
             k = round((1 - sparsity) * sum(map(math.prod, shapes)))
-            worst = max(abs(a - b) for a, b in zip(theirs, ours, strict=True))
+            gap = max(abs(a - b) for a, b in zip(theirs, ours, strict=True))
+            worst = max(worst, gap)
             print(f"  total theirs {sum(theirs)}, ours {sum(ours)} (k = {k}); max per-layer "
-                  f"|difference| {worst}")  # fmt: skip
+                  f"|difference| {gap}")  # fmt: skip
     finally:
         torch.Tensor.cuda = cuda
+    return worst
 
 
 def layer_counts_float(method: str, shapes, density: float) -> list[float]:
@@ -162,7 +170,11 @@ def layer_counts_float(method: str, shapes, density: float) -> list[float]:
     return quota(shapes, density)
 
 
-def compare_grasp_it(repo: Path, net: nn.Module, sparsity: float, steps: int) -> None:
+def compare_grasp_it(
+    repo: Path, net: nn.Module, sparsity: float, steps: int
+) -> tuple[float, list[float]]:
+    """Prints the comparison; returns the one-step score correlation and the two mask IoUs
+    (their code as is; with their count rule made exact)."""
     sys.path.insert(0, str(repo))
     try:
         algos = importlib.import_module("pruning.pruning_algos")
@@ -191,7 +203,7 @@ def compare_grasp_it(repo: Path, net: nn.Module, sparsity: float, steps: int) ->
     # T steps on the same batch each step (their loader hands out its one batch every time)
     our_masks = compute_masks(net, [(x, y)], "grasp_it", sparsity, steps=steps)
     o = torch.cat([m.flatten() for m in our_masks.values()])
-    as_is = algos.get_mask
+    as_is, ious = algos.get_mask, []
     for label in ("as is", "their get_mask keeping exactly round(N * perc), ties to the earliest"):
         net.zero_grad(set_to_none=True)
         their_masks = algos.iterative_pruning(
@@ -200,12 +212,14 @@ def compare_grasp_it(repo: Path, net: nn.Module, sparsity: float, steps: int) ->
         )  # fmt: skip
         t = torch.cat([m.flatten().bool() for m in their_masks])
         iou = int((t & o).sum()) / int((t | o).sum())
+        ious.append(iou)
         print(f"grasp_it T={steps} at sparsity {sparsity}, their code {label}: kept theirs "
               f"{int(t.sum())}, ours {int(o.sum())}; mask IoU {iou:.4f}; per layer (theirs/ours) "
               + ", ".join(f"{int(tm.sum())}/{int(m.sum())}" for m, tm in
                           zip(our_masks.values(), their_masks, strict=True)))  # fmt: skip
         algos.get_mask = _exact_get_mask
     algos.get_mask = as_is
+    return corr, ious
 
 
 def _exact_get_mask(saliency, pruning_factor):
