@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from pruning_lightning import compute_masks
 from pruning_lightning.pruning import (
     PruningConfig,
     global_topk_masks,
@@ -23,6 +24,7 @@ from pruning_lightning.pruning.criteria import (
     snip_scores,
     synflow_scores,
 )
+from pruning_lightning.pruning.progressive import kept_schedule
 
 
 def hand_net() -> nn.Sequential:
@@ -125,6 +127,70 @@ def test_one_step_progressive_is_snip(method):
         snip = run_pruning(net, [batch], PruningConfig("snip", sparsity)).masks
         other = run_pruning(net, [batch], PruningConfig(method, sparsity, steps=1)).masks
         assert all(torch.equal(snip[n], other[n]) for n in snip)
+
+
+# --- GraSP-It ---------------------------------------------------------------------------------
+
+
+def test_grasp_it_linear_layer_closed_form():
+    """One bias-free Linear, L = 0.5 ||Wx - y||^2: the score is ((Wx - y) x^T)^2, by hand."""
+    net = nn.Sequential(nn.Linear(3, 2, bias=False))
+    w = torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]])
+    with torch.no_grad():
+        net[0].weight.copy_(w)
+    x, y = torch.tensor([[1.0, 2.0, -1.0]]), torch.tensor([[0.0, 1.0]])
+
+    def loss(out, target):
+        return 0.5 * ((out - target) ** 2).sum()
+
+    # residual [-3.5, 6.25]; gradient rows -3.5 * x and 6.25 * x; squares:
+    # [[12.25, 49, 12.25], [39.06, 156.25, 39.06]]: keep 3: 156.25, 49, then one of the tied
+    # 39.06, the earlier position (1, 0)
+    masks = compute_masks(net, [(x, y)], "grasp_it", 0.5, steps=1, loss_fn=loss)
+    expected = torch.tensor([[False, True, False], [True, True, False]])
+    assert torch.equal(masks["0.weight"], expected)
+
+
+def autograd_grad(net: nn.Module, batch, masks=None) -> dict[str, torch.Tensor]:
+    """dL/dw on a copy of the model whose prunable weights are theta0 * m, plain autograd."""
+    ref = copy.deepcopy(net).train()
+    prunable = prunable_parameters(ref)
+    if masks is not None:
+        with torch.no_grad():
+            for n, p in prunable.items():
+                p.mul_(masks[n])
+    ref.zero_grad()
+    F.cross_entropy(ref(batch[0]), batch[1]).backward()
+    return {n: p.grad.clone() for n, p in prunable.items()}
+
+
+def test_grasp_it_steps_match_autograd_and_never_resurrect():
+    """Each step t keeps the top k_t of (dL/dw)^2 at theta0 * m_{t-1}, on step t's fresh batch,
+    among the weights of m_{t-1}; checked step by step from the run's own m_{t-1}."""
+    net, data = hand_net(), [hand_batch(i) for i in range(3)]
+    total = sum(p.numel() for p in prunable_parameters(net).values())
+    steps: list[dict[str, torch.Tensor]] = []
+    config = PruningConfig("grasp_it", 0.8, steps=3)
+    run_pruning(net, data, config, on_step=lambda e: steps.append(
+        {n: m.clone() for n, m in e.masks.items()}))  # fmt: skip
+    kept = kept_schedule(total, 0.2, 3)
+    prev = None
+    for t, mask in enumerate(steps):
+        grads = autograd_grad(net, data[t], prev)
+        expected = {n: g**2 if prev is None else torch.where(prev[n], g**2, -1.0)
+                    for n, g in grads.items()}  # fmt: skip
+        tol = 1e-6 * float(flat(expected).abs().max())
+        assert_keeps_top_k(mask, expected, kept[t], tol)
+        if prev is not None:
+            assert all(bool((mask[n] <= prev[n]).all()) for n in mask)  # no weight returns
+        prev = mask
+
+
+def test_grasp_it_records_the_force_saliency_for_free():
+    net, data = hand_net(), [hand_batch(i) for i in range(4)]
+    res = run_pruning(net, data, PruningConfig("grasp_it", 0.7, steps=3), record=True)
+    assert [r.recovered for r in res.steps] == [0, 0, 0]
+    assert all(r.saliency is not None and r.saliency > 0 for r in res.steps)
 
 
 # --- GRASP ------------------------------------------------------------------------------------

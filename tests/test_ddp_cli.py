@@ -139,3 +139,21 @@ def test_sweep_with_two_devices_finishes_every_entry(tmp_path):
     assert sorted(r["method"] for r in rows) == ["dense", "force"]
     assert all(r["test_acc1"] for r in rows)
     assert len(list(out.rglob("test_metrics.json"))) == 2
+
+
+NEW_METHODS = ("grasp_it", "erk", "er", "uniform_plus", "smart_ratio", "smart_ratio_vgg")
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_new_methods_one_mask_on_two_ranks(method, tmp_path):
+    """Issue 20's methods under DDP: the run finishes (the callback stops a run whose mask
+    checksum differs across ranks), on 2 ranks, at exactly 90%, the record written once."""
+    console(
+        "pruning-lightning", "fit", "--config", QUICKSTART, *DDP, *SHORT,
+        f"--pruning.method={method}", "--pruning.steps=3", "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1", cwd=tmp_path,
+    )  # fmt: skip
+    (summary,) = tmp_path.rglob("pruning.json")
+    record = json.loads(summary.read_text())
+    assert record["method"] == method and record["world_size"] == 2
+    assert record["global_sparsity"] == pytest.approx(0.9, abs=1e-5)

@@ -103,6 +103,29 @@ def gradient_score(ctx: ScoreContext) -> ScoreFn:
     return step
 
 
+def grasp_it_score(ctx: ScoreContext) -> ScoreFn:
+    """GraSP-It (naver/force ``prune_method=2``): ``(dL/dw)^2`` at ``theta0 * m_{t-1}``.
+
+    The squared gradient of each weight (their "gradient norm approximation"); with
+    ``resurrect=False`` only the weights still kept are ranked, as Iterative SNIP. When
+    recording, the step returns S(m_{t-1}) from the same gradient, as :func:`gradient_score`.
+    """
+    assert ctx.net is not None
+    weights = ctx.net.weights
+
+    def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> float | None:
+        grads = ctx.gradients(prev)
+        saliency = None
+        with torch.no_grad():
+            if ctx.record and prev is not None:
+                saliency = effective_saliency_(weights, grads)
+            for v, g in zip(views, grads, strict=True):
+                torch.mul(g, g, out=v)
+        return saliency
+
+    return step
+
+
 def grasp_score(ctx: ScoreContext) -> ScoreFn:
     """GRASP: ranks ``theta0 * Hg`` (the negated paper score), Hg at theta0."""
     theta0 = ctx.theta0

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning import criteria
+from pruning_lightning.pruning import criteria, layerwise
 from pruning_lightning.pruning.criteria import ScoreFactory
+from pruning_lightning.pruning.layerwise import layerwise_score
 
 
 @dataclass(frozen=True)
@@ -106,3 +107,16 @@ register(Criterion("magnitude", criteria.magnitude_score, "Magnitude", "#8c564b"
 register(Criterion("synflow", criteria.synflow_score, "SynFlow", "#9467bd", needs_data=False,
                    default_steps=100, progressive=True, resurrect=False,
                    score_dtype=torch.float64))  # fmt: skip
+register(Criterion("grasp_it", criteria.grasp_it_score, "GraSP-It", "#98df8a", default_steps=60,
+                   progressive=True, resurrect=False))  # fmt: skip
+# Layer-wise random baselines: per-layer counts from a formula, random positions (layerwise.py).
+register(Criterion("erk", layerwise_score(layerwise.erk_targets), "ERK", "#5254a3",
+                   needs_data=False, ranked=False))  # fmt: skip
+register(Criterion("er", layerwise_score(layerwise.er_targets), "ER", "#9c9ede",
+                   needs_data=False, ranked=False))  # fmt: skip
+register(Criterion("uniform_plus", layerwise_score(layerwise.uniform_plus_targets), "Uniform+",
+                   "#c49c94", needs_data=False, ranked=False))  # fmt: skip
+register(Criterion("smart_ratio", layerwise_score(layerwise.smart_ratio_targets), "Smart ratio",
+                   "#e7969c", needs_data=False, ranked=False))  # fmt: skip
+register(Criterion("smart_ratio_vgg", layerwise_score(layerwise.smart_ratio_vgg_targets),
+                   "Smart ratio (VGG)", "#ad494a", needs_data=False, ranked=False))  # fmt: skip
