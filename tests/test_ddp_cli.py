@@ -141,10 +141,12 @@ def test_sweep_with_two_devices_finishes_every_entry(tmp_path):
     assert len(list(out.rglob("test_metrics.json"))) == 2
 
 
-NEW_METHODS = ("grasp_it", "erk", "er", "uniform_plus", "smart_ratio", "smart_ratio_vgg")
+# one per DDP path of issue 20's methods: gradients all-reduced (grasp_it), a data-free draw
+# broadcast from rank 0 (erk; er, uniform_plus and smart_ratio share its code to the last line)
+DDP_PATHS = ("grasp_it", "erk")
 
 
-@pytest.mark.parametrize("method", NEW_METHODS)
+@pytest.mark.parametrize("method", DDP_PATHS)
 def test_new_methods_one_mask_on_two_ranks(method, tmp_path):
     """Issue 20's methods under DDP: the run finishes (the callback stops a run whose mask
     checksum differs across ranks), on 2 ranks, at exactly 90%, the record written once."""
