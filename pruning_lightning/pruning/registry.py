@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning import criteria
+from pruning_lightning.pruning import criteria, ntk_sap, prospr
 from pruning_lightning.pruning.criteria import ScoreFactory
 
 
@@ -38,6 +38,8 @@ class Criterion:
         score_dtype: dtype of the score buffer (float64 for SynFlow's products of many layers).
         ranked: whether the scores rank the weights (False for random scores, whose inverse is
             another random draw: the ``invert`` ablation refuses such a method).
+        options: the :class:`PruningConfig` fields only this method reads; another method
+            refuses a non-default value of them.
     """
 
     name: str
@@ -51,6 +53,7 @@ class Criterion:
     force_saliency_score: bool = False
     score_dtype: torch.dtype = torch.float32
     ranked: bool = True
+    options: tuple[str, ...] = ()
 
 
 _CRITERIA: dict[str, Criterion] = {}
@@ -106,3 +109,8 @@ register(Criterion("magnitude", criteria.magnitude_score, "Magnitude", "#8c564b"
 register(Criterion("synflow", criteria.synflow_score, "SynFlow", "#9467bd", needs_data=False,
                    default_steps=100, progressive=True, resurrect=False,
                    score_dtype=torch.float64))  # fmt: skip
+register(Criterion("prospr", prospr.prospr_score, "ProsPr", "#17becf",
+                   options=("prospr_first_order", "prospr_new_batches")))  # fmt: skip
+register(Criterion("ntk_sap", ntk_sap.ntk_sap_score, "NTK-SAP", "#bcbd22", needs_data=False,
+                   default_steps=ntk_sap.DEFAULT_STEPS, progressive=True,
+                   resurrect=False))  # fmt: skip
