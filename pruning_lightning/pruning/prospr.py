@@ -86,9 +86,11 @@ def meta_gradient(
             if g is None:  # a parameter the loss does not use stays where it is
                 continue
             if momentum:
-                g = g if key not in velocity else velocity[key] * momentum + g
+                g = g if key not in velocity else velocity[key].mul(momentum).add(g)
                 velocity[key] = g
-            fast[key] = fast[key] - lr * g
+            # add(alpha=) as torch.optim.SGD and the official code: float32 results stay
+            # bit-comparable with theirs (a separate lr * g rounds differently)
+            fast[key] = fast[key].add(g, alpha=-lr)
     grads = torch.autograd.grad(loss(fast, meta_batches), c, allow_unused=True)
     return [torch.zeros_like(ci) if g is None else g for ci, g in zip(c, grads, strict=True)]
 
