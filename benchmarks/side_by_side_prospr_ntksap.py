@@ -39,7 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning_lightning.models import build_backbone
-from pruning_lightning.pruning import compute_masks, global_topk_masks, prunable_parameters
+from pruning_lightning.pruning import (
+    compute_masks,
+    global_topk_masks,
+    kept_schedule,
+    prunable_parameters,
+)
 from pruning_lightning.pruning.ablations import mask_iou
 from pruning_lightning.pruning.config import PruningConfig
 from pruning_lightning.pruning.criteria import ScoreContext
@@ -159,10 +164,26 @@ def official_ntksap(root: Path):
     return layers, lottery_resnet.ResNet._initialize_weights, NTKSAP, prune_loop, generator
 
 
-def official_ntk_sap_masks(net, official, shape, density, steps, rounds, seed):
+def official_ntk_sap_masks(net, official, shape, density, steps, rounds, seed, exact=False):
+    """The official pruner's masks and last scores; ``exact``: its selection replaced by the
+    project's (exactly round(d_t N) kept among the still-kept weights, ties by position)."""
     layers, init, pruner_class, prune_loop, generator = official
     twin = official_network(net, layers, init)
     pruner = pruner_class(generator.masked_parameters(twin), ntksap_epsilon=0.01, ntksap_R=rounds)
+    if exact:
+        total = sum(m.numel() for m, _ in pruner.masked_parameters)
+        counts = iter(kept_schedule(total, density, steps))
+
+        def select(sparsity: float, scope: str) -> None:
+            scores = {
+                id(m): torch.where(m.bool(), pruner.scores[id(p)], -1.0)
+                for m, p in pruner.masked_parameters
+            }
+            keep = global_topk_masks(scores, next(counts))
+            for m, _ in pruner.masked_parameters:
+                m.copy_(keep[id(m)])
+
+        pruner.mask = select
     loader = [(torch.zeros(size, *shape), None) for size in noise_batch_sizes(10)]
     torch.manual_seed(seed + DRAW_SEED_OFFSET)
     with quiet(), contextlib.redirect_stderr(io.StringIO()):
@@ -205,15 +226,20 @@ def compare_ntk_sap(root: Path, args: argparse.Namespace) -> None:
         f"spearman {rank_correlation(ours, theirs):.6f}  max |diff| / max {rel:.2e}"
     )
     for s in args.sparsities:
-        theirs_masks, _ = official_ntk_sap_masks(net, official, shape, 1 - s, 20, 1, args.seed)
         ours_masks = compute_masks(net, None, "ntk_sap", s, input_shape=shape, seed=args.seed)
-        kept_theirs = sum(int(m.sum()) for m in theirs_masks.values())
         kept_ours = sum(int(m.sum()) for m in ours_masks.values())
-        print(
-            f"  20 steps, sparsity {s:g}: IoU {mask_iou(ours_masks, theirs_masks):.4f}  "
-            f"kept {kept_ours} (ours) / {kept_theirs} (official)  "
-            f"largest per-layer count gap {max_count_gap(ours_masks, theirs_masks)}"
-        )
+        for exact in (True, False):
+            theirs_masks, _ = official_ntk_sap_masks(
+                net, official, shape, 1 - s, 20, 1, args.seed, exact=exact
+            )
+            kept_theirs = sum(int(m.sum()) for m in theirs_masks.values())
+            how = "official scores, exact counts" if exact else "official as is"
+            print(
+                f"  20 steps, sparsity {s:g}, {how:<29}: IoU "
+                f"{mask_iou(ours_masks, theirs_masks):.4f}  kept {kept_ours} (ours) / "
+                f"{kept_theirs} (official)  largest per-layer count gap "
+                f"{max_count_gap(ours_masks, theirs_masks)}"
+            )
 
 
 # --- wall time, in this process -----------------------------------------------------------------

@@ -102,7 +102,8 @@ def ntk_sap_gradient(
     with module_modes(model, False):
         out = functional_call(model, {**fixed, **buffers, **weights(theta, m)}, (x,))
         out_mod = functional_call(model, {**fixed, **buffers, **weights(perturbed, m)}, (x,))
-    objective = (out - out_mod).pow(2).sum()
+    # the official expression (the same value as a sum of squares, rounded as theirs)
+    objective = (torch.norm(out - out_mod, dim=-1) ** 2).sum()
     grads = torch.autograd.grad(objective, m, allow_unused=True)
     return [torch.zeros_like(mi) if g is None else g for mi, g in zip(m, grads, strict=True)]
 
