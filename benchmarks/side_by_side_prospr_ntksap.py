@@ -317,6 +317,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--time", action="store_true", help="also time both on ResNet-50")
+    parser.add_argument("--time-only", action="store_true", help="skip the comparisons")
     parser.add_argument("--time-width", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
@@ -324,9 +325,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prospr_root = export(args.prospr, Path(tmp) / "prospr")
         ntk_root = export(args.ntksap, Path(tmp) / "ntksap")
-        compare_prospr(prospr_root, args)
-        compare_ntk_sap(ntk_root, args)
-        if args.time:
+        if not args.time_only:
+            compare_prospr(prospr_root, args)
+            compare_ntk_sap(ntk_root, args)
+        if args.time or args.time_only:
             time_both(prospr_root, ntk_root, args)
 
 
