@@ -76,6 +76,8 @@ class PruningCallback(Callback):
         ablation: str | None = None,
         ablation_seed: int | None = None,
         saliency_data: str | None = None,
+        prospr_first_order: bool = False,
+        prospr_new_batches: bool = False,
         masks_path: str | None = None,
         save_masks_path: str | None = None,
         save_step_masks: bool = False,
@@ -87,10 +89,11 @@ class PruningCallback(Callback):
         """
         Args:
             method: pruning criterion, a registered method (force, iter_snip, snip, grasp, random,
-                magnitude, synflow, and any added with `pruning_lightning.pruning.register`).
+                magnitude, synflow, prospr, ntk_sap, and any added with
+                `pruning_lightning.pruning.register`).
             sparsity: fraction of prunable weights to remove, in [0, 1); 0 trains the dense network.
-            steps: iterations T of force/iter_snip/synflow (None: 60, 60, 100); one-shot methods
-                ignore it (with a warning), so a config's T survives switching the method.
+            steps: iterations T of force/iter_snip/synflow/ntk_sap (None: 60, 60, 100, 20); one-shot
+                methods ignore it (with a warning), so a config's T survives switching the method.
             schedule: kept-count schedule of the progressive methods: exp or linear.
             num_batches: training batches per saliency evaluation (per step when progressive).
             seed: seed of the saliency data order and of `random`; None follows `seed_everything`.
@@ -102,6 +105,8 @@ class PruningCallback(Callback):
                 values permuted per layer) or invert (keep the lowest-ranked).
             ablation_seed: seed of the ablation and of saliency_data; None: the run's seed.
             saliency_data: corrupt the saliency batches: random_labels or shuffled_pixels.
+            prospr_first_order: ProsPr's first-order meta-gradient (default: the full one).
+            prospr_new_batches: ProsPr takes fresh batches for each inner step (default: one).
             masks_path: load this saved mask instead of computing one.
             save_masks_path: save the computed mask here (torch.save of name -> bool tensor).
             save_step_masks: keep every step's mask m_t, bit-packed, in the log dir's
@@ -132,6 +137,8 @@ class PruningCallback(Callback):
             ablation=ablation,
             ablation_seed=ablation_seed,
             saliency_data=saliency_data,
+            prospr_first_order=prospr_first_order,
+            prospr_new_batches=prospr_new_batches,
         )
         if prune_after_steps < 0 or prune_after_epochs < 0:
             raise ConfigError("--pruning.prune_after_steps/epochs must be >= 0.")

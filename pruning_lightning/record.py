@@ -53,6 +53,8 @@ CONFIG_FIELDS = (
     "ablation",
     "ablation_seed",
     "saliency_data",
+    "prospr_first_order",
+    "prospr_new_batches",
 )
 
 
@@ -75,6 +77,8 @@ class RunRecord:
     ablation: str | None = None  # shuffle, reinit, shuffle_weights, invert (docs "Ablations")
     ablation_seed: int | None = None  # resolved (the seed by default); None without an ablation
     saliency_data: str | None = None  # random_labels / shuffled_pixels: corrupted saliency data
+    prospr_first_order: bool | None = None  # ProsPr's options (None in older records)
+    prospr_new_batches: bool | None = None
     # -- where the mask came from and when ------------------------------------------------------
     masks_path: str | None = None  # a loaded mask file (then no computation ran)
     prune_after_steps: int = 0

@@ -14,7 +14,7 @@ from pruning_lightning.pruning import PruningConfig, PruningResult, method_names
 
 METHODS = method_names()
 
-STEPS = {"force": 3, "iter_snip": 3, "synflow": 3, "grasp_it": 3}
+STEPS = {"force": 3, "iter_snip": 3, "synflow": 3, "grasp_it": 3, "ntk_sap": 3}
 # uniform_plus keeps conv_net's first layer (162 of 582 weights) dense: 90% is beyond its budget
 SPARSITY = {"uniform_plus": 0.6}
 
@@ -258,8 +258,7 @@ def test_progress_callable_and_bar():
         (
             ("snip", 0.9),
             {"steps": 5},
-            r"steps=5 only applies to the progressive methods \(force, iter_snip, synflow, "
-            r"grasp_it\)",
+            r"steps=5 only applies to the progressive methods \(force, iter_snip, synflow",
         ),
         (("force", 0.9), {"schedule": "cos"}, r"Unknown schedule 'cos'\. Choose one of: exp"),
         (("snip", 0.9), {"num_batches": 0}, r"num_batches must be an integer >= 1"),

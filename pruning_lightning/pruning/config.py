@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -31,7 +31,8 @@ class PruningConfig:
         method: a registered method (:func:`~pruning_lightning.pruning.registry.method_names`).
         sparsity: fraction of prunable weights removed, in [0, 1); ``round((1-s) N)`` are kept.
         steps: T of a progressive method; None = the method's default (FORCE and Iterative SNIP
-            60, SynFlow 100), resolved on construction, so ``steps`` is always an int afterwards.
+            60, SynFlow 100, NTK-SAP 20), resolved on construction, so ``steps`` is always an int
+            afterwards.
         schedule: ``"exp"`` or ``"linear"`` kept-count schedule of the progressive methods.
         num_batches: batches per gradient (averaged); progressive methods draw them fresh each step.
         seed: seeds the random scores, and (inside a forked RNG) dropout and the data order;
@@ -49,6 +50,10 @@ class PruningConfig:
             resolved on construction whenever an ablation or ``saliency_data`` is set.
         saliency_data: corrupt the saliency batches (:data:`SALIENCY_DATA`): ``random_labels``
             or ``shuffled_pixels``; None = the data as given.
+        prospr_first_order: ProsPr's first-order variant (no second-order terms through its
+            inner steps); default the full meta-gradient, as the official command line.
+        prospr_new_batches: ProsPr draws fresh batches for each inner step and the final loss;
+            default one meta batch for all, as the official command line.
     """
 
     method: str
@@ -65,6 +70,8 @@ class PruningConfig:
     ablation: str | None = None
     ablation_seed: int | None = None
     saliency_data: str | None = None
+    prospr_first_order: bool = False
+    prospr_new_batches: bool = False
 
     def __post_init__(self) -> None:
         criterion = get_criterion(self.method)
@@ -125,6 +132,7 @@ class PruningConfig:
                 f"(3, 32, 32), got {shape!r}."
             )
         ablation_seed = self._check_ablation(criterion)
+        self._check_method_options(criterion)
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "ablation_seed", ablation_seed)
         set_(self, "steps", criterion.default_steps if steps is None else steps)
@@ -135,6 +143,21 @@ class PruningConfig:
     @property
     def criterion(self) -> Criterion:
         return get_criterion(self.method)
+
+    def _check_method_options(self, criterion: Criterion) -> None:
+        """The options of one method (:attr:`Criterion.options`): booleans, and refused at a
+        non-default value for any other method (they would be silently ignored)."""
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in sorted({o for c in criteria_list() for o in c.options}):
+            value = getattr(self, name)
+            if isinstance(defaults[name], bool) and not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}.")
+            if value != defaults[name] and name not in criterion.options:
+                owners = ", ".join(c.name for c in criteria_list() if name in c.options)
+                raise ConfigError(
+                    f"{name} only applies to {owners}, not '{self.method}': drop it or pick "
+                    f"{owners}."
+                )
 
     def _check_ablation(self, criterion: Criterion) -> int | None:
         """The checks of ``ablation``/``saliency_data``; returns the resolved ablation seed."""

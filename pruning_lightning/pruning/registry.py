@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning import criteria, layerwise
+from pruning_lightning.pruning import criteria, layerwise, ntk_sap, prospr
 from pruning_lightning.pruning.criteria import ScoreFactory
 from pruning_lightning.pruning.layerwise import layerwise_score
 
@@ -39,6 +39,8 @@ class Criterion:
         score_dtype: dtype of the score buffer (float64 for SynFlow's products of many layers).
         ranked: whether the scores rank the weights (False for random scores, whose inverse is
             another random draw: the ``invert`` ablation refuses such a method).
+        options: the :class:`PruningConfig` fields only this method reads; another method
+            refuses a non-default value of them.
     """
 
     name: str
@@ -52,6 +54,7 @@ class Criterion:
     force_saliency_score: bool = False
     score_dtype: torch.dtype = torch.float32
     ranked: bool = True
+    options: tuple[str, ...] = ()
 
 
 _CRITERIA: dict[str, Criterion] = {}
@@ -120,3 +123,8 @@ register(Criterion("smart_ratio", layerwise_score(layerwise.smart_ratio_targets)
                    "#e7969c", needs_data=False, ranked=False))  # fmt: skip
 register(Criterion("smart_ratio_vgg", layerwise_score(layerwise.smart_ratio_vgg_targets),
                    "Smart ratio (VGG)", "#ad494a", needs_data=False, ranked=False))  # fmt: skip
+register(Criterion("prospr", prospr.prospr_score, "ProsPr", "#17becf",
+                   options=("prospr_first_order", "prospr_new_batches")))  # fmt: skip
+register(Criterion("ntk_sap", ntk_sap.ntk_sap_score, "NTK-SAP", "#bcbd22", needs_data=False,
+                   default_steps=ntk_sap.DEFAULT_STEPS, progressive=True,
+                   resurrect=False))  # fmt: skip
