@@ -90,8 +90,9 @@ def data(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
         dm = CIFAR10DataModule(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=0)
         dm.setup("fit")
-        loader = dm.train_dataloader()
-        return [b for b, _ in zip(loader, range(args.steps + 1), strict=False)]
+        loader, normalize = dm.train_dataloader(), dm.normalizer()
+        # uint8 from the loader; the backbone takes normalised floats
+        return [(normalize(x), y) for (x, y), _ in zip(loader, range(args.steps + 1), strict=False)]
     images = torch.randn(n, 3, 32, 32)
     labels = torch.randint(0, 10, (n,))
     return list(zip(images.split(args.batch_size), labels.split(args.batch_size), strict=True))
