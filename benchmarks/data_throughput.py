@@ -2,9 +2,10 @@
 JPEG decode rate of the same files, measured in the same run.
 
 The pipeline is the one ``fit`` runs: ``ImageNetDataModule.train_dataloader()`` (PIL decode,
-RandomResizedCrop 224 + flip, float conversion, Normalize, collation, ``num_workers`` worker
-processes). The baseline is the decode alone (``PIL.Image.open(f).convert("RGB")``, what the
-pipeline's loader does first) in this one process, and torchvision's ``decode_jpeg`` for
+RandomResizedCrop 224 + flip, uint8 collation, ``num_workers`` worker processes; the float
+conversion and Normalize happen on the device, in the classifier, and are not timed here). The
+baseline is the decode alone (``PIL.Image.open(f).convert("RGB")``, what the pipeline's loader
+does first) in this one process, and torchvision's ``decode_jpeg`` for
 comparison. From the per-worker rate it prints how many workers a GPU needs for a training step
 rate: workers = ceil(step rate x per-device batch / per-worker rate).
 
