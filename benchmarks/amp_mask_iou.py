@@ -38,6 +38,7 @@ def batches(args, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
         data.setup("fit")
         torch.manual_seed(seed)
         x, y = next(iter(data.train_dataloader()))
+        x = data.normalizer()(x)  # uint8 from the loader; the backbone takes normalised floats
     return list(zip(x.split(args.batch_size), y.split(args.batch_size), strict=True))
 
 

@@ -2,16 +2,20 @@
 JPEG decode rate of the same files, measured in the same run.
 
 The pipeline is the one ``fit`` runs: ``ImageNetDataModule.train_dataloader()`` (PIL decode,
-RandomResizedCrop 224 + flip, float conversion, Normalize, collation, ``num_workers`` worker
-processes). The baseline is the decode alone (``PIL.Image.open(f).convert("RGB")``, what the
-pipeline's loader does first) in this one process, and torchvision's ``decode_jpeg`` for
+RandomResizedCrop 224 + flip, uint8 collation, ``num_workers`` worker processes; the float
+conversion and Normalize happen on the device, in the classifier, and are not timed here). The
+baseline is the decode alone (``PIL.Image.open(f).convert("RGB")``, what the pipeline's loader
+does first) in this one process, and torchvision's ``decode_jpeg`` for
 comparison. From the per-worker rate it prints how many workers a GPU needs for a training step
 rate: workers = ceil(step rate x per-device batch / per-worker rate).
 
 Without ``--data-dir`` it writes a stand-in: Tiny ImageNet images (``--source``, the zip in
 ../shared/data) upscaled to ImageNet's typical 500x375 with mild noise, JPEG quality 94, in
 ImageNet's folder layout. Its files are about as large as ImageNet's (~110 kB), but smoother
-than photographs, so absolute rates run high; the ratios are the figure to read.
+than photographs, so absolute rates run high; the ratios are the figure to read. Where that zip
+is absent (a GPU machine gets the repository only), or with ``--source synthetic``, the images
+are smooth random colour fields with the same noise, size and quality instead. :func:`measure`
+is the whole measurement, for benchmarks/gpu_check.py.
 
     python benchmarks/data_throughput.py --workers 2 --batch-size 64 --threads 1
     python benchmarks/data_throughput.py --data-dir /datasets/imagenet --workers 8
@@ -65,6 +69,26 @@ def write_stand_in(source: Path, out: Path, classes: int, per_class: int, seed: 
     return out
 
 
+def write_synthetic_stand_in(out: Path, classes: int, per_class: int, seed: int = 0) -> Path:
+    """ImageNet-sized JPEGs (500x375) of smooth random colour fields plus the same noise as
+    :func:`write_stand_in`, for a machine without the Tiny ImageNet zip."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        wnid = f"n{c:08d}"
+        for split, count in (("train", per_class), ("val", 2)):
+            folder = out / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+                image = Image.fromarray(coarse).resize((500, 375), Image.BICUBIC)
+                pixels = np.asarray(image, dtype=np.int16)
+                pixels = pixels + rng.integers(-28, 29, size=pixels.shape)
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(
+                    folder / f"{wnid}_{i}.JPEG", quality=94
+                )
+    return out
+
+
 def decode_rate(paths: list[str], decoder: str) -> float:
     """Images/s of decoding ``paths`` in this process (files read from disk each time)."""
     start = time.perf_counter()
@@ -99,10 +123,14 @@ def pipeline_rate(data_dir: Path, workers: int, batch_size: int, batches: int) -
     return seen / (time.perf_counter() - start)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, also parsed by benchmarks/gpu_check.py for its own sizes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, help="an ImageNet copy (train/<wnid>/*.JPEG)")
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument(
+        "--source", default=str(DEFAULT_SOURCE),
+        help="Tiny ImageNet zip of the stand-in, or 'synthetic' (the default when it is absent)",
+    )  # fmt: skip
     parser.add_argument("--classes", type=int, default=20, help="stand-in classes")
     parser.add_argument("--per-class", type=int, default=40, help="stand-in images per class")
     parser.add_argument("--workers", type=int, default=2)
@@ -114,30 +142,48 @@ def main() -> None:
         help="training steps/s per GPU to size the workers for",
     )  # fmt: skip
     parser.add_argument("--device-batch", type=int, default=32, help="per-device batch size")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Images/s of the bare decodes and of the training pipeline, in one run, with what was
+    read (files, mean size, stand-in source)."""
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
-        data_dir = args.data_dir
+        data_dir, source = args.data_dir, str(args.data_dir)
         if data_dir is None:
-            data_dir = write_stand_in(
-                args.source.resolve(), Path(scratch), args.classes, args.per_class
-            )
+            zip_path = Path(args.source).resolve()
+            if args.source != "synthetic" and zip_path.is_file():
+                data_dir = write_stand_in(zip_path, Path(scratch), args.classes, args.per_class)
+                source = f"stand-in from {zip_path.name}"
+            else:
+                data_dir = write_synthetic_stand_in(Path(scratch), args.classes, args.per_class)
+                source = "synthetic stand-in"
         files = sorted(str(p) for p in (data_dir / "train").glob("*/*"))[
             : args.batches * args.batch_size
         ]
-        size_kb = np.mean([os.path.getsize(p) for p in files]) / 1e3
-        print(
-            f"{'stand-in' if args.data_dir is None else data_dir}: {len(files)} files, mean "
-            f"{size_kb:.0f} kB; workers={args.workers} batch={args.batch_size} "
-            f"torch={torch.__version__} cpus={os.cpu_count()} "
-            f"load average (1 min)={os.getloadavg()[0]:.2f}"
-        )
+        size_kb = float(np.mean([os.path.getsize(p) for p in files]) / 1e3)
         decode_rate(files[:20], "pil")  # page cache and decoder warm for both
         pil = decode_rate(files, "pil")
         tv = decode_rate(files, "torchvision")
         rate = pipeline_rate(data_dir, args.workers, args.batch_size, args.batches)
-    per_worker = rate / max(args.workers, 1)
+    return {
+        "source": source, "files": len(files), "mean_kb": size_kb, "workers": args.workers,
+        "batch_size": args.batch_size, "decode_pil": pil, "decode_torchvision": tv,
+        "pipeline": rate, "per_worker": rate / max(args.workers, 1),
+    }  # fmt: skip
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    r = measure(args)
+    pil, tv, rate = r["decode_pil"], r["decode_torchvision"], r["pipeline"]
+    per_worker = r["per_worker"]
+    print(
+        f"{r['source']}: {r['files']} files, mean {r['mean_kb']:.0f} kB; "
+        f"workers={args.workers} batch={args.batch_size} torch={torch.__version__} "
+        f"cpus={os.cpu_count()} load average (1 min)={os.getloadavg()[0]:.2f}"
+    )
     print(f"{'what':<44} {'images/s':>9} {'ratio':>6}")
     print(f"{'bare decode, PIL, 1 process (baseline)':<44} {pil:>9.0f} {1:>6.2f}")
     print(f"{'bare decode, torchvision.io.decode_jpeg':<44} {tv:>9.0f} {tv / pil:>6.2f}")

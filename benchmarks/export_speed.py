@@ -17,14 +17,19 @@ weights' values.
 
     python benchmarks/export_speed.py --arch resnet50 vgg19 --sparsities 0.9 0.99 0.995 \\
         --methods force iter_snip snip random --threads 2
+
+``--device cuda`` times the three networks on a GPU instead (no ONNX Runtime columns: its
+package here runs on the CPU). :func:`measure` yields the rows, for benchmarks/gpu_check.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import tempfile
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -78,21 +83,23 @@ def onnx_latency(net: nn.Module, x: torch.Tensor, threads: int, min_time: float)
 
 
 def data(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Saliency batches: CIFAR-10 training images, or random ones."""
+    """Saliency batches (on the CPU): CIFAR-10 training images, or random ones."""
     n = (args.steps + 1) * args.batch_size
     if args.data_dir:
         from pruning_lightning.data import CIFAR10DataModule
 
         dm = CIFAR10DataModule(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=0)
         dm.setup("fit")
-        loader = dm.train_dataloader()
-        return [b for b, _ in zip(loader, range(args.steps + 1), strict=False)]
+        loader, normalize = dm.train_dataloader(), dm.normalizer()
+        # uint8 from the loader; the backbone takes normalised floats
+        return [(normalize(x), y) for (x, y), _ in zip(loader, range(args.steps + 1), strict=False)]
     images = torch.randn(n, 3, 32, 32)
     labels = torch.randint(0, 10, (n,))
     return list(zip(images.split(args.batch_size), labels.split(args.batch_size), strict=True))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, also parsed by benchmarks/gpu_check.py for its own sizes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", nargs="+", default=["resnet50", "vgg19"])
     parser.add_argument("--width", type=int, default=None, help="backbone width (published)")
@@ -103,30 +110,30 @@ def main() -> None:
     parser.add_argument("--data-dir", help="a CIFAR-10 copy for the saliency batches")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds per timing")
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="where the networks are timed")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime columns")
+    return parser
+
+
+def measure(args: argparse.Namespace) -> Iterator[dict]:
+    """One row per backbone (dense, absolute) and per method and sparsity (ratios to dense):
+    a generator, so that a caller keeps the rows done when it stops early."""
     torch.set_num_threads(args.threads)
-    batches = data(args)
-    x1, x64 = torch.randn(1, 3, 32, 32), torch.randn(64, 3, 32, 32)
+    device = torch.device(args.device)
+    onnx = not args.no_onnx and device.type == "cpu"
+    batches = [(x.to(device), y.to(device)) for x, y in data(args)]
+    x1, x64 = torch.randn(1, 3, 32, 32, device=device), torch.randn(64, 3, 32, 32, device=device)
     xs = {1: x1, 64: x64}
-    print(
-        f"threads={args.threads} width={args.width} T={args.steps} torch={torch.__version__} "
-        f"cpus={os.cpu_count()} load average (1 min)={os.getloadavg()[0]:.2f}"
-    )
-    print(
-        f"{'arch':<9} {'method':<10} {'sparsity':>8} {'params':>8} {'FLOPs':>7} "
-        f"{'masked b1':>9} {'b64':>6} {'export b1':>9} {'b64':>6} {'onnx b1':>8} {'b64':>6}"
-    )
     for arch in args.arch:
         torch.manual_seed(0)
-        dense = build_backbone(arch, 10, width=args.width).eval()
+        dense = build_backbone(arch, 10, width=args.width).to(device).eval()
         base_params = sum(p.numel() for p in dense.parameters())
         base_flops = flops(dense, x1)
         base = per_batch(latency, dense, xs, args)
-        print(
-            f"{arch:<9} {'dense':<10} {0:>8} {base_params / 1e6:>7.2f}M {base_flops / 1e6:>6.0f}M "
-            f"{base[1] * 1e3:>8.2f}ms {base[64] * 1e3:>5.0f}ms  (absolute: the baseline)",
-            flush=True,
-        )
+        yield {
+            "arch": arch, "method": "dense", "sparsity": 0.0, "params": base_params,
+            "flops": base_flops, "latency_b1_s": base[1], "latency_b64_s": base[64],
+        }  # fmt: skip
         for method in args.methods:
             for sparsity in args.sparsities:
                 net = copy.deepcopy(dense).train()
@@ -135,22 +142,59 @@ def main() -> None:
                 net.eval()
                 masked = copy.deepcopy(net)
                 apply_masks(masked, masks)
-                try:
-                    small = compact_network(net, masks, (3, 32, 32))
+                row = {"arch": arch, "method": method, "sparsity": sparsity}
+                try:  # compacted on the CPU, as `pruning-lightning export` does, then moved
+                    cpu_masks = {k: v.cpu() for k, v in masks.items()}
+                    small = compact_network(copy.deepcopy(net).cpu(), cpu_masks, (3, 32, 32))
                 except ConfigError:
-                    print(f"{arch:<9} {method:<10} {sparsity:>8} disconnected: nothing to export")
+                    yield {**row, "disconnected": True}
                     continue
+                small = small.to(device).eval()
                 # dense again next to each row: drift hits both sides
                 base, m, e = (per_batch(latency, f, xs, args) for f in (dense, masked, small))
-                o = per_batch(onnx_latency, small, xs, args)
-                params = sum(p.numel() for p in small.parameters()) / base_params
-                print(
-                    f"{arch:<9} {method:<10} {sparsity:>8} {params:>8.3f} "
-                    f"{flops(small, x1) / base_flops:>7.3f} {m[1] / base[1]:>9.3f} "
-                    f"{m[64] / base[64]:>6.3f} {e[1] / base[1]:>9.3f} {e[64] / base[64]:>6.3f} "
-                    f"{o[1] / base[1]:>8.3f} {o[64] / base[64]:>6.3f}",
-                    flush=True,
-                )
+                o = per_batch(onnx_latency, small.cpu(), xs, args) if onnx else None
+                flop_ratio = flops(small, x1) / base_flops
+                yield {
+                    **row, "disconnected": False,
+                    "params": sum(p.numel() for p in small.parameters()) / base_params,
+                    "flops": flop_ratio,
+                    "masked_b1": m[1] / base[1], "masked_b64": m[64] / base[64],
+                    "exported_b1": e[1] / base[1], "exported_b64": e[64] / base[64],
+                    "exported_b64_over_flops": e[64] / base[64] / flop_ratio,
+                    "onnx_b1": o[1] / base[1] if o else math.nan,
+                    "onnx_b64": o[64] / base[64] if o else math.nan,
+                }  # fmt: skip
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    print(
+        f"device={args.device} threads={args.threads} width={args.width} T={args.steps} "
+        f"torch={torch.__version__} cpus={os.cpu_count()} "
+        f"load average (1 min)={os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'arch':<9} {'method':<10} {'sparsity':>8} {'params':>8} {'FLOPs':>7} "
+        f"{'masked b1':>9} {'b64':>6} {'export b1':>9} {'b64':>6} {'onnx b1':>8} {'b64':>6}"
+    )
+    for r in measure(args):
+        arch, method, sparsity = r["arch"], r["method"], r["sparsity"]
+        if method == "dense":
+            print(
+                f"{arch:<9} {'dense':<10} {0:>8} {r['params'] / 1e6:>7.2f}M "
+                f"{r['flops'] / 1e6:>6.0f}M {r['latency_b1_s'] * 1e3:>8.2f}ms "
+                f"{r['latency_b64_s'] * 1e3:>5.0f}ms  (absolute: the baseline)",
+                flush=True,
+            )
+        elif r["disconnected"]:
+            print(f"{arch:<9} {method:<10} {sparsity:>8} disconnected: nothing to export")
+        else:
+            print(
+                f"{arch:<9} {method:<10} {sparsity:>8} {r['params']:>8.3f} {r['flops']:>7.3f} "
+                f"{r['masked_b1']:>9.3f} {r['masked_b64']:>6.3f} {r['exported_b1']:>9.3f} "
+                f"{r['exported_b64']:>6.3f} {r['onnx_b1']:>8.3f} {r['onnx_b64']:>6.3f}",
+                flush=True,
+            )
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
 
 

@@ -22,6 +22,10 @@ At ImageNet scale (torchvision's ResNet-50, 25.5M weights, 1000 classes), reduce
 
     python benchmarks/mask_time.py --arch resnet50_imagenet --num-classes 1000 \\
         --image-size 112 --batch-size 32 --steps 10 --num-batches 2 --sparsity 0.95
+
+``--amp bf16`` runs the saliency passes and the floor's passes under bf16 autocast, as a
+``bf16-mixed`` run computes its mask. :func:`measure_arch` is the whole measurement of one
+backbone, for benchmarks/gpu_check.py.
 """
 
 from __future__ import annotations
@@ -43,8 +47,10 @@ from pruning_lightning.callback import PruningCallback
 from pruning_lightning.models import build_backbone
 from pruning_lightning.pruning import method_names
 from pruning_lightning.pruning.batches import seeded_loader
+from pruning_lightning.pruning.engine import PruningResult
 
 METHODS = ("force", "iter_snip")  # the default; any registered method may be asked for
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def setup(args: argparse.Namespace, arch: str):
@@ -67,12 +73,22 @@ def saliency_data(args: argparse.Namespace) -> DataLoader:
     return seeded_loader(loader, seed=0)
 
 
-def fit_masks(model, data, method: str, args: argparse.Namespace, steps: int) -> float:
-    """Seconds of the callback's mask computation, as `fit` runs it."""
+def amp_dtype(args: argparse.Namespace) -> torch.dtype | None:
+    """The autocast dtype of ``--amp`` (None: float32)."""
+    return AMP_DTYPES.get(getattr(args, "amp", None) or "")
+
+
+def fit_result(model, data, method: str, args: argparse.Namespace, steps: int) -> PruningResult:
+    """The callback's mask computation, as `fit` runs it (under ``--amp``'s autocast if set)."""
     callback = PruningCallback(
         method=method, sparsity=args.sparsity, steps=steps, num_batches=args.num_batches, seed=0
     )
-    return callback.compute(model, data).seconds
+    return callback.compute(model, data, amp_dtype=amp_dtype(args))
+
+
+def fit_masks(model, data, method: str, args: argparse.Namespace, steps: int) -> float:
+    """Seconds of the callback's mask computation, as `fit` runs it."""
+    return fit_result(model, data, method, args, steps).seconds
 
 
 def sync(device: torch.device) -> None:
@@ -80,21 +96,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def forward_backward(model, x, y) -> None:
+def forward_backward(model, x, y, dtype: torch.dtype | None = None) -> None:
+    """One plain training pass; the forward under autocast when ``dtype`` is set."""
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
 
 
-def floor_time(model, x, y, device, steps: int) -> float:
+def floor_time(model, x, y, device, steps: int, dtype: torch.dtype | None = None) -> float:
     """Time of ``steps`` plain forward+backward passes in a row (after one warm-up pass): timed
     as one, like the T passes of a mask computation, so that both sides of the ratio are sums of
     the same number of passes, each exposed to the machine's noise alike."""
     model.train()
-    forward_backward(model, x, y)
+    forward_backward(model, x, y, dtype)
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        forward_backward(model, x, y)
+        forward_backward(model, x, y, dtype)
     sync(device)
     elapsed = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
@@ -135,7 +154,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker == "dense":
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         model.train()
-        forward_backward(model, x, y)
+        forward_backward(model, x, y, amp_dtype(args))
         opt.step()
     else:
         fit_masks(model, data, args.worker, args, args.steps)
@@ -155,12 +174,14 @@ def measure_memory(args: argparse.Namespace, arch: str, what: str) -> float:
         "--image-size", str(args.image_size), "--num-classes", str(args.num_classes),
         "--num-batches", str(args.num_batches),
         *(["--width", str(args.width)] if args.width else []),
+        *(["--amp", args.amp] if args.amp else []),
     ]  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, also parsed by benchmarks/gpu_check.py for its own sizes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", nargs="+", default=["resnet50", "vgg19"])
     parser.add_argument("--steps", type=int, default=60)
@@ -179,12 +200,61 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=method_names())
     parser.add_argument("--repeats", type=int, default=3, help="rounds of floor + masks")
     parser.add_argument(
+        "--amp", choices=list(AMP_DTYPES), help="autocast dtype of the passes (default: float32)"
+    )
+    parser.add_argument(
         "--no-memory",
         action="store_true",
         help="skip the peak-memory runs (each is one more full mask computation)",
     )
     parser.add_argument("--worker", choices=("dense", *method_names()), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def measure_arch(
+    args: argparse.Namespace, arch: str
+) -> tuple[list[dict], dict[str, dict[str, torch.Tensor]]]:
+    """One backbone: a row per method (times, ratios, peak memory) and each method's mask of the
+    last round (for comparing the masks of two precisions on the same batches)."""
+    model, x, y, device = setup(args, arch)
+    data = saliency_data(args)
+    dtype = amp_dtype(args)
+    # warm every path (allocator, kernels): all measured warm
+    for method in args.methods:
+        fit_masks(model, data, method, args, steps=2)
+    # rounds interleave the floor and the masks, so that a drift in the machine's load hits
+    # both sides alike
+    seconds: dict[str, list[float]] = {method: [] for method in args.methods}
+    ratios: dict[str, list[float]] = {method: [] for method in args.methods}
+    masks: dict[str, dict[str, torch.Tensor]] = {}
+    floors = []
+    for _ in range(args.repeats):
+        floor = floor_time(model, x, y, device, args.steps * args.num_batches, dtype)
+        floors.append(floor)
+        for method in args.methods:
+            result = fit_result(model, data, method, args, args.steps)
+            seconds[method].append(result.seconds)
+            ratios[method].append(result.seconds / floor)
+            masks[method] = result.masks
+    del model, x, y
+    dense = float("nan") if args.no_memory else measure_memory(args, arch, "dense")
+    rows = []
+    for method in args.methods:
+        peak = float("nan") if args.no_memory else measure_memory(args, arch, method)
+        r = ratios[method]
+        best, floor = min(seconds[method]), min(floors)
+        rows.append({
+            "arch": arch, "method": method, "precision": args.amp or "fp32",
+            "steps": args.steps, "batch_size": args.batch_size, "num_batches": args.num_batches,
+            "mask_s_best": best, "floor_s_best": floor, "ratio_best": best / floor,
+            "ratio_median": statistics.median(r), "ratio_min": min(r), "ratio_max": max(r),
+            "peak_mib": peak, "dense_mib": dense,
+        })  # fmt: skip
+    return rows, masks
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.worker:
         worker(args)
         return
@@ -193,7 +263,7 @@ def main() -> None:
         f"device={args.device} threads={args.threads} batch={args.batch_size} "
         f"T={args.steps} num_batches={args.num_batches} image={args.image_size} "
         f"classes={args.num_classes} sparsity={args.sparsity} width={args.width} "
-        f"torch={torch.__version__} "
+        f"precision={args.amp or 'fp32'} torch={torch.__version__} "
         f"load average (1 min)={os.getloadavg()[0]:.2f}"
     )
     header = (
@@ -202,33 +272,14 @@ def main() -> None:
     )
     print(header)
     for arch in args.arch:
-        model, x, y, device = setup(args, arch)
-        data = saliency_data(args)
-        # warm every path (allocator, kernels): all measured warm
-        for method in args.methods:
-            fit_masks(model, data, method, args, steps=2)
-        # rounds interleave the floor and the masks, so that a drift in the machine's load hits
-        # both sides alike
-        seconds = {method: [] for method in args.methods}
-        ratios = {method: [] for method in args.methods}
-        floors = []
-        for _ in range(args.repeats):
-            floor = floor_time(model, x, y, device, args.steps * args.num_batches)
-            floors.append(floor)
-            for method in args.methods:
-                elapsed = fit_masks(model, data, method, args, args.steps)
-                seconds[method].append(elapsed)
-                ratios[method].append(elapsed / floor)
-        del model, x, y
-        dense = float("nan") if args.no_memory else measure_memory(args, arch, "dense")
-        for method in args.methods:
-            peak = float("nan") if args.no_memory else measure_memory(args, arch, method)
-            r = ratios[method]
-            spread = f"{statistics.median(r):.3f} ({min(r):.3f}-{max(r):.3f})"
-            best, floor = min(seconds[method]), min(floors)
+        rows, _ = measure_arch(args, arch)
+        for row in rows:
+            spread = f"{row['ratio_median']:.3f} ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})"
             print(
-                f"{arch:<18} {method:<10} {best:>8.2f} {floor:>8.2f} {best / floor:>6.3f} "
-                f"{spread:>22} {peak:>9.0f} {dense:>9.0f} {peak / dense:>9.3f}",
+                f"{arch:<18} {row['method']:<10} {row['mask_s_best']:>8.2f} "
+                f"{row['floor_s_best']:>8.2f} {row['ratio_best']:>6.3f} {spread:>22} "
+                f"{row['peak_mib']:>9.0f} {row['dense_mib']:>9.0f} "
+                f"{row['peak_mib'] / row['dense_mib']:>9.3f}",
                 flush=True,
             )
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")

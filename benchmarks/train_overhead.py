@@ -11,7 +11,8 @@ Same model, data and steps, three ways, timed in one run and printed as ratios t
     python benchmarks/train_overhead.py --arch resnet50 --width 16 --batch-size 32 --steps 30
 
 The three variants run interleaved, `--repeats` times each, and the median step time of each is
-reported, so a slow moment of the machine does not land on one variant only.
+reported, so a slow moment of the machine does not land on one variant only. :func:`measure` is
+the whole measurement, for benchmarks/gpu_check.py.
 """
 
 from __future__ import annotations
@@ -33,15 +34,23 @@ from pruning_lightning.pruning.engine import compute_masks
 
 
 class StepTimer(pl.Callback):
-    """Wall time of each training step (forward, backward, optimizer step and hooks)."""
+    """Wall time of each training step (forward, backward, optimizer step and hooks); on a GPU
+    synchronised at both ends, so a step is timed when its kernels end, not when they are queued."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup, self.times, self._start = warmup, [], 0.0
 
+    @staticmethod
+    def _sync(pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._sync(pl_module)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._sync(pl_module)
         if batch_idx >= self.warmup:
             self.times.append(time.perf_counter() - self._start)
 
@@ -76,7 +85,11 @@ def time_variant(variant: str, args, loader: DataLoader, masks_path: Path) -> fl
     return statistics.median(callbacks[0].times)
 
 
-def main() -> None:
+VARIANTS = ("dense", "callback", "nn.utils")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, also parsed by benchmarks/gpu_check.py for its own sizes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--width", type=int, default=16)
@@ -87,9 +100,12 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.99)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser
 
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds per training step of each variant (dense, callback, nn.utils)."""
+    torch.set_num_threads(args.threads)
     n = args.batch_size * (args.warmup + args.steps)
     data = TensorDataset(torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,)))
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
@@ -97,22 +113,25 @@ def main() -> None:
         masks_path = Path(tmp) / "mask.pt"
         masks = compute_masks(make_model(args), None, "random", args.sparsity)
         torch.save(masks, masks_path)
-        variants = ("dense", "callback", "nn.utils")
-        times: dict[str, list[float]] = {v: [] for v in variants}
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for _ in range(args.repeats):
-            for variant in variants:
+            for variant in VARIANTS:
                 times[variant].append(time_variant(variant, args, loader, masks_path))
+    return {variant: statistics.median(times[variant]) for variant in VARIANTS}
 
-    dense = statistics.median(times["dense"])
+
+def main() -> None:
+    args = build_parser().parse_args()
+    seconds = measure(args)
+    dense = seconds["dense"]
     print(
         f"{args.arch} width {args.width}, batch {args.batch_size}, {args.device}, "
         f"{args.threads} threads, sparsity {args.sparsity}, "
         f"median of {args.repeats}x{args.steps} steps"
     )
     print(f"{'variant':<10} {'s/step':>8} {'vs dense':>9}")
-    for variant in variants:
-        median = statistics.median(times[variant])
-        print(f"{variant:<10} {median:8.4f} {median / dense:8.3f}x")
+    for variant in VARIANTS:
+        print(f"{variant:<10} {seconds[variant]:8.4f} {seconds[variant] / dense:8.3f}x")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from pruning_lightning.data.normalize import Normalize
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.models import build_backbone
 from pruning_lightning.models.external import check_backbone, class_path, load_backbone_weights
@@ -36,9 +38,12 @@ def paper_multistep(optimizer: torch.optim.Optimizer) -> torch.optim.lr_schedule
 class ImageClassifier(pl.LightningModule):
     """Trains and evaluates a backbone on an image-classification datamodule.
 
-    ``num_classes``, ``in_channels`` and ``image_size`` are linked from the datamodule by the CLI,
-    so a config only names the backbone: a registry name, or any ``nn.Module`` as
-    ``class_path``/``init_args`` (torchvision, timm, your own), checked against the data here.
+    ``num_classes``, ``in_channels``, ``image_size``, ``mean`` and ``std`` are linked from the
+    datamodule by the CLI, so a config only names the backbone: a registry name, or any
+    ``nn.Module`` as ``class_path``/``init_args`` (torchvision, timm, your own), checked against
+    the data here. The image datamodules hand uint8 batches: the first step of ``forward``
+    normalises them on the device (:class:`Normalize`), so every loop and the mask computation
+    see the same input; the backbone itself (what ``export`` writes) takes normalised float32.
     """
 
     def __init__(
@@ -53,6 +58,8 @@ class ImageClassifier(pl.LightningModule):
         optimizer: OptimizerCallable = paper_sgd,
         lr_scheduler: LRSchedulerCallable | None = paper_multistep,
         warmup_epochs: float = 0.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         """
         Args:
@@ -72,6 +79,10 @@ class ImageClassifier(pl.LightningModule):
             warmup_epochs: ramp the learning rate linearly from ~0 to the scheduled one over this
                 many epochs, per optimizer step (0: none). Deep plain networks such as VGG-19
                 need it to train at lr 0.1 without collapsing to a constant output.
+            mean: per-channel mean of the images, applied to uint8 batches on the device (linked
+                from the datamodule by the CLI; None: taken from the trainer's datamodule at
+                setup).
+            std: per-channel standard deviation, likewise.
         """
         if warmup_epochs < 0:
             raise ConfigError(f"--model.warmup_epochs must be >= 0, got {warmup_epochs}.")
@@ -102,6 +113,7 @@ class ImageClassifier(pl.LightningModule):
                     f"--model.weights {weights}: {len(left_out)} tensors of the backbone keep "
                     f"their initial values (missing or of another shape): {', '.join(left_out)}."
                 )
+        self.normalize = Normalize(mean, std)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.warmup_epochs = warmup_epochs
@@ -119,7 +131,14 @@ class ImageClassifier(pl.LightningModule):
         self.test_loss = MeanMetric()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
+        return self.backbone(self.normalize(x))
+
+    def setup(self, stage: str) -> None:
+        """Without ``mean``/``std``, normalise as the trainer's datamodule says (a model built in
+        Python and fitted on a datamodule needs no more)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.normalize.mean is None and hasattr(datamodule, "normalizer"):
+            self.normalize = datamodule.normalizer()
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch

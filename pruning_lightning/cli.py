@@ -69,7 +69,7 @@ class PruningCLI(LightningCLI):
             default=False,
             help="After `fit`, run `test` on the final weights (prints test accuracy).",
         )
-        for attribute in ("num_classes", "in_channels", "image_size"):
+        for attribute in ("num_classes", "in_channels", "image_size", "mean", "std"):
             parser.link_arguments(f"data.{attribute}", f"model.{attribute}", apply_on="instantiate")
 
     def after_fit(self) -> None:

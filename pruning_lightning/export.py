@@ -8,8 +8,12 @@ The checkpoint holds the mask (the PruningCallback's state) and the network's hy
 input-output path, and the result is written as a ``torch.export`` program (``.pt2``, loaded by
 ``torch.export.load``; the files written here hold no pickled payload, but a ``.pt2`` from
 elsewhere can: docs/SECURITY.md) and, with ``--onnx``, as ONNX. Both take a batch of
-any size at the trained image size. Any file name works (``--output model`` is a ``.pt2`` program
-too). The outputs are checked before any work and written whole or not at all.
+any size at the trained image size, as normalised float32 images: ``(pixels / 255 - mean) / std``
+per channel, with the ``mean``/``std`` in the checkpoint's hyperparameters (the data's). The
+written network is the backbone; the classifier's first step, which makes that input from the
+loaders' uint8 batches (:class:`~pruning_lightning.data.normalize.Normalize`), is not in it.
+Any file name works (``--output model`` is a ``.pt2`` program too). The outputs are checked
+before any work and written whole or not at all.
 
 A checkpoint is read with torch's safe loader only (``weights_only=True``: tensors and plain
 data, never code), so a checkpoint from anyone can be exported; the network is then built from

@@ -41,7 +41,9 @@ from pruning_lightning.errors import ConfigError
 
 
 def unnormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """Back to 0..255 pixel values."""
+    """Back to 0..255 pixel values (a uint8 image, as the image loaders hand them, is those)."""
+    if x.dtype == torch.uint8:
+        return x.float()
     m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
     return (x * s + m) * 255
@@ -113,12 +115,16 @@ def test_cifar10_pickle_loads_with_correct_labels(tmp_path):
 def test_cifar10_eval_transform_normalises_exactly(tmp_path):
     dm = CIFAR10DataModule(data_dir=str(make_cifar_pickle(tmp_path, 10, 7)), num_workers=0)
     dm.setup("test")
-    x, y = dm.test_dataset[6]
-    raw = torch.from_numpy(flat_image(6 % 10, 6, 10)).permute(2, 0, 1).float()
-    expected = (raw / 255 - torch.tensor(CIFAR10_MEAN).view(3, 1, 1)) / torch.tensor(
+    pixels, y = dm.test_dataset[6]
+    raw = torch.from_numpy(flat_image(6 % 10, 6, 10)).permute(2, 0, 1)
+    # the loader hands the pixels themselves; the normaliser (on the device) does the rest
+    assert y == 6 and pixels.dtype == torch.uint8 and type(pixels) is torch.Tensor
+    assert torch.equal(pixels, raw)
+    x = dm.normalizer()(pixels)
+    expected = (raw.float() / 255 - torch.tensor(CIFAR10_MEAN).view(3, 1, 1)) / torch.tensor(
         CIFAR10_STD
     ).view(3, 1, 1)
-    assert y == 6 and x.dtype == torch.float32 and type(x) is torch.Tensor
+    assert x.dtype == torch.float32
     torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
     # One known pixel by hand: red = class_value(6, 10) = 170.
     assert x[0, 0, 0].item() == pytest.approx((170 / 255 - 0.4914) / 0.2470, abs=1e-6)
@@ -151,9 +157,10 @@ def test_cifar10_folder_layout_labels_follow_class_folders(tmp_path):
     assert dm.test_dataset.base.classes == list(CIFAR10_CLASSES)
     for split in (dm.train_dataset, dm.val_dataset, dm.test_dataset):
         assert_split_labels(split, 10, CIFAR10_MEAN, CIFAR10_STD, index_encodes_label=False)
-    # PNG is lossless: the eval tensor is exactly the normalised pixel.
-    x, y = dm.test_dataset[0]
-    assert y == 0
+    # PNG is lossless: the eval tensor is exactly the pixel, and normalised, exactly its value.
+    pixels, y = dm.test_dataset[0]
+    assert y == 0 and pixels[0, 5, 5].item() == 0
+    x = dm.normalizer()(pixels)
     assert x[0, 5, 5].item() == pytest.approx((0 / 255 - 0.4914) / 0.2470, abs=1e-6)
 
 
@@ -207,12 +214,13 @@ def test_val_uses_eval_transform_and_train_augments(tmp_path):
     assert crop.padding == [4, 4, 4, 4] and list(crop.size) == [32, 32]
     val_ops = [type(t) for t in dm.val_dataset.transform.transforms]
     assert v2.RandomCrop not in val_ops and v2.RandomHorizontalFlip not in val_ops
-    # A padded crop shows the zero padding in some draws; the eval view never does.
-    pad = (0 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)
+    # A padded crop shows the zero padding in some draws (uint8 zeros, normalised on the
+    # device); the eval view never does.
+    pad = torch.zeros(3, dtype=torch.uint8)
     torch.manual_seed(0)
     draws = [dm.train_dataset[0][0] for _ in range(20)]
-    assert any(torch.allclose(d[:, 0, 0], pad, atol=1e-5) for d in draws)
-    assert not torch.allclose(dm.val_dataset[0][0][:, 0, 0], pad, atol=1e-5)
+    assert any(torch.equal(d[:, 0, 0], pad) for d in draws)
+    assert not torch.equal(dm.val_dataset[0][0][:, 0, 0], pad)
     # augment=False: the train split is transformed exactly like val.
     plain = CIFAR10DataModule(data_dir=root, num_workers=0, augment=False)
     plain.setup("fit")
@@ -234,7 +242,7 @@ def test_dataloaders(tmp_path):
     assert len(dm.predict_dataloader().dataset) == len(dm.test_dataset) == 10
     assert train.pin_memory == torch.cuda.is_available() and not train.persistent_workers
     x, y = next(iter(train))
-    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
     assert sum(len(b[1]) for b in dm.val_dataloader()) == 3  # the last partial batch is kept
     workers = CIFAR10DataModule(data_dir=root, num_workers=2)
     workers.setup("fit")
@@ -301,9 +309,11 @@ def test_tiny_imagenet_eval_normalisation(tmp_path):
     make_tiny_imagenet(tmp_path, per_class=2, val_per_class=1, grayscale=False)
     dm = TinyImageNetDataModule(data_dir=str(tmp_path), num_workers=0)
     dm.setup("test")
-    x, y = dm.test_dataset[2]
+    pixels, y = dm.test_dataset[2]
+    x = dm.normalizer()(pixels)
     path = str(dm.test_dataset.base.paths[2])
     raw = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
+    assert torch.equal(pixels, raw)
     mean, std = torch.tensor(TINY_IMAGENET_MEAN), torch.tensor(TINY_IMAGENET_STD)
     expected = (raw.float() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)
     torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)

@@ -5,6 +5,12 @@ A subclass says where its images come from (``_load_train``/``_load_test`` retur
 (``num_classes``, ``in_channels``, ``image_size``, ``mean``, ``std``); this class turns them into
 the four splits. The train and val subsets share one underlying dataset and differ only in their
 transform, so the held-out images never see augmentation.
+
+Decoded images leave the loaders as uint8 batches: decode, crop and flip happen in the workers,
+the float conversion and normalisation on the device, in the classifier's first step
+(:class:`~pruning_lightning.data.normalize.Normalize`, built from this module's ``mean``/``std``
+by :meth:`ImageDataModule.normalizer`). A subclass whose images are floats already (the digits)
+normalises them in the loader instead (``normalize_in_loader``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from pruning_lightning.data.normalize import Normalize
 from pruning_lightning.errors import ConfigError
 
 
@@ -132,6 +139,8 @@ class ImageDataModule(L.LightningDataModule):
     #: Zero padding of the training RandomCrop, and whether to flip horizontally.
     crop_padding: int = 4
     horizontal_flip: bool = True
+    #: Normalise in the loader (float images, no decode) instead of on the device (uint8).
+    normalize_in_loader: bool = False
 
     def __init__(
         self,
@@ -205,7 +214,7 @@ class ImageDataModule(L.LightningDataModule):
 
     # --- transforms ---------------------------------------------------------------------------
     def train_transform(self) -> v2.Compose:
-        """RandomCrop(size, padding) + optional flip + float scaling + Normalize."""
+        """RandomCrop(size, padding) + optional flip; uint8 out (see :meth:`_to_batch_tensor`)."""
         if not self.augment:
             return self.eval_transform()
         steps: list[Any] = [
@@ -214,18 +223,28 @@ class ImageDataModule(L.LightningDataModule):
         ]
         if self.horizontal_flip:
             steps.append(v2.RandomHorizontalFlip())
-        return v2.Compose(steps + self._to_normalised_tensor())
+        return v2.Compose(steps + self._to_batch_tensor())
 
     def eval_transform(self) -> v2.Compose:
-        """Float scaling to [0, 1] + Normalize, no randomness."""
-        return v2.Compose([v2.ToImage(), *self._to_normalised_tensor()])
+        """The image as a tensor, no randomness; uint8 out (see :meth:`_to_batch_tensor`)."""
+        return v2.Compose([v2.ToImage(), *self._to_batch_tensor()])
 
-    def _to_normalised_tensor(self) -> list[Any]:
+    def _to_batch_tensor(self) -> list[Any]:
+        """The last steps of every transform: a plain tensor, left uint8 for :meth:`normalizer`
+        to scale and normalise on the device; scaled and normalised here when
+        ``normalize_in_loader``."""
+        if not self.normalize_in_loader:
+            return [v2.ToPureTensor()]
         return [
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(self.mean, self.std),
             v2.ToPureTensor(),
         ]
+
+    def normalizer(self) -> Normalize:
+        """What turns this module's batches into the network's input, on whatever device they
+        are: the classifier applies it first (float batches, e.g. the digits', pass unchanged)."""
+        return Normalize(self.mean, self.std)
 
     # --- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

@@ -59,6 +59,7 @@ class DigitsDataModule(ImageDataModule):
 
     crop_padding = 1
     horizontal_flip = False  # a mirrored digit is a different (or no) digit
+    normalize_in_loader = True  # float pixels in memory: nothing to decode, nothing to save
 
     def __init__(
         self,

@@ -11,7 +11,8 @@
 The classes are the sorted wnids of ``train/`` (or the first / the named ones of
 ``class_subset``); the labelled ``val/`` split is the test set, as in the papers, and the
 validation set is a seeded hold-out of ``train/``. Augmentation is the standard one:
-RandomResizedCrop + flip for training; resize + center crop for evaluation.
+RandomResizedCrop + flip for training; resize + center crop for evaluation. Batches leave the
+loader as uint8 and are normalised on the device (see ``pruning_lightning/data/base.py``).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class ImageNetDataModule(ImageDataModule):
         return len(self.classes)
 
     def train_transform(self) -> v2.Compose:
-        """RandomResizedCrop(crop_size) + flip on the PIL image, then tensor + Normalize."""
+        """RandomResizedCrop(crop_size) + flip on the PIL image, then a uint8 tensor."""
         if not self.augment:
             return self.eval_transform()
         return v2.Compose(
@@ -128,18 +129,18 @@ class ImageNetDataModule(ImageDataModule):
                 v2.RandomResizedCrop(self.crop_size, antialias=True),
                 v2.RandomHorizontalFlip(),
                 v2.ToImage(),
-                *self._to_normalised_tensor(),
+                *self._to_batch_tensor(),
             ]
         )
 
     def eval_transform(self) -> v2.Compose:
-        """Resize(resize_size) + CenterCrop(crop_size), then tensor + Normalize."""
+        """Resize(resize_size) + CenterCrop(crop_size), then a uint8 tensor."""
         return v2.Compose(
             [
                 v2.Resize(self.resize_size, antialias=True),
                 v2.CenterCrop(self.crop_size),
                 v2.ToImage(),
-                *self._to_normalised_tensor(),
+                *self._to_batch_tensor(),
             ]
         )
 
