@@ -69,8 +69,15 @@ class PruningCLI(LightningCLI):
             default=False,
             help="After `fit`, run `test` on the final weights (prints test accuracy).",
         )
-        for attribute in ("num_classes", "in_channels", "image_size", "mean", "std"):
+        for attribute in ("num_classes", "in_channels", "image_size"):
             parser.link_arguments(f"data.{attribute}", f"model.{attribute}", apply_on="instantiate")
+        for attribute in ("mean", "std"):  # lists: the logged hparams.yaml stays plain YAML
+            parser.link_arguments(
+                f"data.{attribute}",
+                f"model.{attribute}",
+                compute_fn=_floats,
+                apply_on="instantiate",
+            )
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.interrupted:
@@ -157,6 +164,10 @@ def _close_process_group() -> None:
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def _floats(values) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
 
 
 def _backbone_of(config) -> str | None:
