@@ -176,6 +176,12 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Write 99% as 0.99" in err[0]
     assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["disconnection", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+              "--set", "model.width=4", "--widths", "8", "--out", str(tmp_path / "x")])  # fmt: skip
+    assert exit_.value.code == 2
+    assert "Give the width once" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.skipif(not (COMMITTED / "disconnection.csv").is_file(), reason="no committed study")

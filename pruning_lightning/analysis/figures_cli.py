@@ -196,6 +196,17 @@ def cmd_recovery(args: argparse.Namespace) -> None:
     )
 
 
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The CLI arguments of ``--set KEY=VALUE`` after checking that every ``--config`` exists."""
+    for config in args.config:
+        if not Path(config).is_file():
+            raise ConfigError(f"--config {config!r} does not exist.")
+    overrides = []
+    for key, (value,) in parse_assignments(args.set, "--set"):
+        overrides += [f"--{key}", value]
+    return overrides
+
+
 def cmd_saliency(args: argparse.Namespace) -> None:
     from pruning_lightning.analysis.saliency_sweep import build_from_config, saliency_rows
     from pruning_lightning.pruning.batches import seeded_loader
@@ -209,12 +220,7 @@ def cmd_saliency(args: argparse.Namespace) -> None:
     for s in args.sparsities:
         if not 0.0 < s < 1.0:
             raise ConfigError(f"--sparsities must lie in (0, 1), got {s}. Write 99% as 0.99.")
-    for config in args.config:
-        if not Path(config).is_file():
-            raise ConfigError(f"--config {config!r} does not exist.")
-    overrides = []
-    for key, (value,) in parse_assignments(args.set, "--set"):
-        overrides += [f"--{key}", value]
+    overrides = config_overrides(args)
     out = Path(args.out)
     rows = []
     for seed in args.seeds:
@@ -253,14 +259,9 @@ def cmd_disconnection(args: argparse.Namespace) -> None:
     from pruning_lightning.pruning.batches import seeded_loader
 
     plan = disconnection.settings(args.methods, args.sparsities, args.steps, args.widths or [None])
-    for config in args.config:
-        if not Path(config).is_file():
-            raise ConfigError(f"--config {config!r} does not exist.")
-    overrides = []
-    for key, (value,) in parse_assignments(args.set, "--set"):
-        if key == "model.width" and args.widths:
-            raise ConfigError("Give the width once: --widths, or --set model.width=W.")
-        overrides += [f"--{key}", value]
+    overrides = config_overrides(args)
+    if "--model.width" in overrides[::2] and args.widths:
+        raise ConfigError("Give the width once: --widths, or --set model.width=W.")
 
     def build(seed: int, width: int | None):
         extra = [] if width is None else ["--model.width", str(width)]
@@ -355,6 +356,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dpi", type=int, default=150)
         p.add_argument("--tensorboard", metavar="DIR", help="also log the figure to TensorBoard")
         return p
+
+    def model_inputs(p: argparse.ArgumentParser) -> None:
+        """--config and --set: the model and data of a mask-only study, built as fit builds them."""
+        p.add_argument(
+            "--config",
+            action="append",
+            required=True,
+            metavar="YAML",
+            help="config that builds the model and data, as for pruning-lightning fit",
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="CLI override, e.g. model.width=8 or data.data_dir=DIR (repeatable)",
+        )
 
     def table_inputs(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -468,20 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         out=False,
     )
     p.add_argument("--out", required=True, help="folder for the CSV and the two figures")
-    p.add_argument(
-        "--config",
-        action="append",
-        required=True,
-        metavar="YAML",
-        help="config that builds the model and data, as for pruning-lightning fit",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="CLI override, e.g. model.width=8 or data.batch_size=64 (repeatable)",
-    )
+    model_inputs(p)
     p.add_argument("--methods", nargs="+", default=list(figures.saliency_methods()))
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.99, 0.995])
     p.add_argument("--steps", nargs="+", type=int, default=[1, 5, 10, 20, 60])
@@ -511,20 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         out=False,
     )
     p.add_argument("--out", required=True, help="folder for the tables, masks and figure")
-    p.add_argument(
-        "--config",
-        action="append",
-        required=True,
-        metavar="YAML",
-        help="config that builds the model and data, as for pruning-lightning fit",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="CLI override, e.g. data.data_dir=DIR or data.batch_size=128 (repeatable)",
-    )
+    model_inputs(p)
     p.add_argument("--methods", nargs="+", default=["force", "iter_snip"])
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.99, 0.995])
     p.add_argument(
