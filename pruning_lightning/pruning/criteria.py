@@ -86,6 +86,21 @@ def gradient_score(ctx: ScoreContext) -> ScoreFn:
     the effective weights before the scores overwrite them (:func:`effective_saliency_`).
     """
     theta0 = ctx.theta0
+
+    def write(views: list[Tensor], grads: list[Tensor]) -> None:
+        for v, th, g in zip(views, theta0, grads, strict=True):
+            torch.mul(th, g, out=v)
+            v.abs_()
+
+    return _gradient_step(ctx, write)
+
+
+def _gradient_step(
+    ctx: ScoreContext, write: Callable[[list[Tensor], list[Tensor]], None]
+) -> ScoreFn:
+    """A step that scores from dL/dw at ``theta0 * m_{t-1}``: ``write(views, grads)`` fills the
+    scores; when recording, S(m_{t-1}) is taken from the same gradient first, before the scores
+    overwrite the weights (they may share a buffer: ``Criterion.force_saliency_score``)."""
     assert ctx.net is not None
     weights = ctx.net.weights
 
@@ -93,11 +108,9 @@ def gradient_score(ctx: ScoreContext) -> ScoreFn:
         grads = ctx.gradients(prev)
         saliency = None
         with torch.no_grad():
-            if ctx.record and prev is not None:  # before the scores overwrite the weights
+            if ctx.record and prev is not None:
                 saliency = effective_saliency_(weights, grads)
-            for v, th, g in zip(views, theta0, grads, strict=True):
-                torch.mul(th, g, out=v)
-                v.abs_()
+            write(views, grads)
         return saliency
 
     return step
@@ -110,20 +123,12 @@ def grasp_it_score(ctx: ScoreContext) -> ScoreFn:
     ``resurrect=False`` only the weights still kept are ranked, as Iterative SNIP. When
     recording, the step returns S(m_{t-1}) from the same gradient, as :func:`gradient_score`.
     """
-    assert ctx.net is not None
-    weights = ctx.net.weights
 
-    def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> float | None:
-        grads = ctx.gradients(prev)
-        saliency = None
-        with torch.no_grad():
-            if ctx.record and prev is not None:
-                saliency = effective_saliency_(weights, grads)
-            for v, g in zip(views, grads, strict=True):
-                torch.mul(g, g, out=v)
-        return saliency
+    def write(views: list[Tensor], grads: list[Tensor]) -> None:
+        for v, g in zip(views, grads, strict=True):
+            torch.mul(g, g, out=v)
 
-    return step
+    return _gradient_step(ctx, write)
 
 
 def grasp_score(ctx: ScoreContext) -> ScoreFn:
