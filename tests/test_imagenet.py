@@ -58,9 +58,9 @@ def test_folder_layout_labels_sizes_and_transforms(tmp_path):
         assert_split_labels(split, 3, IMAGENET_MEAN, IMAGENET_STD, False)
         assert split[0][0].shape == (3, 32, 32)
     names = [type(t).__name__ for t in dm.train_transform().transforms]
-    assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"]
+    assert names[:1] == ["RandomResizedCropFlip"]
     names = [type(t).__name__ for t in dm.eval_transform().transforms]
-    assert names[:2] == ["Resize", "CenterCrop"]
+    assert names[:3] == ["ToImage", "Resize", "CenterCrop"]
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (2, 3, 32, 32) and y.dtype == torch.int64
 

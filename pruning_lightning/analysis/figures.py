@@ -440,9 +440,9 @@ def ablations_figure(
     ]
     if dense:  # the table's dense runs: the reference every ablation is read against
         mean, _ = mean_std(dense)
+        label = f"{DENSE_LABEL} (mean, n={len(dense)})"
         handles.append(
-            ax.axhline(mean, color=DENSE_COLOR, linestyle="--", linewidth=1,
-                       label=f"{DENSE_LABEL} (mean, n={len(dense)})")  # fmt: skip
+            ax.axhline(mean, color=DENSE_COLOR, linestyle="--", linewidth=1, label=label)
         )
     ax.legend(
         handles=handles,
