@@ -1,13 +1,15 @@
 """Can the ImageNet loader keep the GPUs fed? Images/s of the training pipeline against the bare
 JPEG decode rate of the same files, measured in the same run.
 
-The pipeline is the one ``fit`` runs: ``ImageNetDataModule.train_dataloader()`` (PIL decode,
-RandomResizedCrop 224 + flip, uint8 collation, ``num_workers`` worker processes; the float
-conversion and Normalize happen on the device, in the classifier, and are not timed here). The
-baseline is the decode alone (``PIL.Image.open(f).convert("RGB")``, what the pipeline's loader
-does first) in this one process, and torchvision's ``decode_jpeg`` for
-comparison. From the per-worker rate it prints how many workers a GPU needs for a training step
-rate: workers = ceil(step rate x per-device batch / per-worker rate).
+The pipeline is the one ``fit`` runs: ``ImageNetDataModule.train_dataloader()`` (torchvision
+decode, RandomResizedCrop 224 + flip fused, uint8 collation, ``num_workers`` worker processes;
+the float conversion and Normalize happen on the device, in the classifier, and are not timed
+here). The baseline is the bare decode (``PIL.Image.open(f).convert("RGB")``) in this one
+process, the median of ``--rounds`` passes, and torchvision's ``decode_jpeg`` for comparison.
+Give the workers fewer processes than cores (``--workers 1`` on 2 cores) to measure what a
+worker does on a node, where the main process has a core of its own. From the per-worker rate
+it prints how many workers a GPU needs for a training step rate:
+workers = ceil(step rate x per-device batch / per-worker rate).
 
 Without ``--data-dir`` it writes a stand-in: Tiny ImageNet images (``--source``, the zip in
 ../shared/data) upscaled to ImageNet's typical 500x375 with mild noise, JPEG quality 94, in
@@ -132,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Tiny ImageNet zip of the stand-in, or 'synthetic' (the default when it is absent)",
     )  # fmt: skip
     parser.add_argument("--classes", type=int, default=20, help="stand-in classes")
-    parser.add_argument("--per-class", type=int, default=40, help="stand-in images per class")
+    parser.add_argument(
+        "--per-class", type=int, default=100,
+        help="stand-in images per class (enough that the timed batches are one epoch)",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="passes of each bare decode")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=20, help="timed batches of the pipeline")
@@ -164,8 +170,9 @@ def measure(args: argparse.Namespace) -> dict:
         ]
         size_kb = float(np.mean([os.path.getsize(p) for p in files]) / 1e3)
         decode_rate(files[:20], "pil")  # page cache and decoder warm for both
-        pil = decode_rate(files, "pil")
-        tv = decode_rate(files, "torchvision")
+        rounds = max(getattr(args, "rounds", 3), 1)
+        pil = float(np.median([decode_rate(files, "pil") for _ in range(rounds)]))
+        tv = float(np.median([decode_rate(files, "torchvision") for _ in range(rounds)]))
         rate = pipeline_rate(data_dir, args.workers, args.batch_size, args.batches)
     return {
         "source": source, "files": len(files), "mean_kb": size_kb, "workers": args.workers,

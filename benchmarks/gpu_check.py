@@ -138,7 +138,7 @@ PARTS = {
             False,
             gpu=[
                 shlex.split(
-                    "--source synthetic --classes 20 --per-class 40 --workers 4 "
+                    "--source synthetic --classes 20 --per-class 90 --workers 4 "
                     "--batch-size 64 --batches 24 --threads 1"
                 )
             ],
