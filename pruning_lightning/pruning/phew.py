@@ -417,6 +417,15 @@ def phew_mask(
             f"phew keeps whole input-output paths, one pruned weight in each of {per_walk} "
             f"layers, and sparsity leaves only k = {k} weights: use a lower sparsity."
         )
+    dense = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable.items()}
+    reachable = sum(int(m.sum()) for m in effective_masks(model, dense, input_shape).values())
+    if k > reachable:
+        raise ConfigError(
+            f"phew keeps only weights on input-output paths, and {reachable} of the {total} "
+            f"prunable weights lie on one at input shape {tuple(input_shape)} (a kernel tap that "
+            f"only meets zero padding, e.g. on a 1x1 map, lies on none); k = {k} needs more: use "
+            f"sparsity >= {math.ceil((1 - reachable / total) * 1e4) / 1e4:g}."
+        )
     widest = max(h.forward.shape[1] * h.taps for h in hops)
     batch = max(2, min(WALK_BATCH, _HOP_FLOATS // widest) // 2 * 2)
     gen = torch.Generator().manual_seed(seed)
