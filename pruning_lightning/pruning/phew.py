@@ -243,13 +243,20 @@ def _uniform_below(n: Tensor, gen: torch.Generator) -> Tensor:
 
 def _draw(weights: Tensor, allowed: Tensor, gen: torch.Generator) -> Tensor:
     """One index per row in proportion to ``weights``; a row of zero weights draws uniformly
-    among its ``allowed`` entries (as the official code does for an all-zero row)."""
+    among its ``allowed`` entries (as the official code does for an all-zero row).
+
+    Inverse CDF: one uniform per row against the row's float64 cumulative sum (the first index
+    whose cumulative weight reaches u in (0, total], never a zero-weight entry); one random number
+    per walk instead of one per entry, as ``torch.multinomial`` draws on the CPU.
+    """
     empty = weights.sum(1) <= 0
     if bool(empty.any()):
         weights = weights.clone()
         weights[empty] = allowed[empty].to(weights.dtype)
         weights[weights.sum(1) <= 0] = 1.0  # nothing allowed: a dead walk, dropped by the caller
-    return torch.multinomial(weights, 1, generator=gen).squeeze(1)
+    cdf = weights.to(torch.float64).cumsum(1)
+    u = (1.0 - torch.rand(weights.shape[0], 1, generator=gen, dtype=torch.float64)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(1)
 
 
 def _allowed(bounds: list[tuple[Tensor, Tensor]]) -> Tensor:
@@ -427,11 +434,13 @@ def phew_mask(
             f"sparsity >= {math.ceil((1 - reachable / total) * 1e4) / 1e4:g}."
         )
     widest = max(h.forward.shape[1] * h.taps for h in hops)
-    batch = max(2, min(WALK_BATCH, _HOP_FLOATS // widest) // 2 * 2)
+    most = max(2, min(WALK_BATCH, _HOP_FLOATS // widest) // 2 * 2)
     gen = torch.Generator().manual_seed(seed)
     mask = torch.zeros(total, dtype=torch.bool)
     kept = walks = stalls = 0
     while kept < k and stalls < _STALLS:
+        # about twice the walks the rest of the budget takes if no weight repeats; even
+        batch = min(most, max(64, -(-2 * (k - kept) // per_walk)) // 2 * 2)
         idx = draw_walks(hops, walks, batch, gen)
         walks += batch
         new = new_weights(idx, mask)
