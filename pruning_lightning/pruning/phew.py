@@ -40,7 +40,9 @@ WALK_BATCH = 4096
 _HOP_FLOATS = 1 << 24
 #: Batches in a row that add no weight before the walks give way to the fill.
 _STALLS = 4
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+#: Poolings whose windows the walks follow ("any position of the window", as the indicator network
+#: of connectivity.py treats them; an adaptive max-pool's gradient would pick one tied maximum).
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def _refuse(why: str) -> ConfigError:
 
 def _window(module: nn.Module, n_in: int, n_out: int, axis: int) -> Window:
     j = torch.arange(n_out)
-    if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
+    if isinstance(module, nn.AdaptiveAvgPool2d):
         start, end = (j * n_in) // n_out, -((-(j + 1) * n_in) // n_out) - 1
     else:
 
@@ -180,7 +182,7 @@ def trace_chain(
     current: tuple = ()
     pools: list[tuple[Window, Window]] = []
     for module, shape_in, shape_out in calls:
-        if module in names and isinstance(module, PRUNABLE_MODULES):
+        if isinstance(module, PRUNABLE_MODULES):
             hops.append(_hop(module, names[module], offsets, shape_in, shape_out, current, pools))
             current, pools = shape_out, []
         elif not hops:
