@@ -89,7 +89,7 @@ class PruningCallback(Callback):
         """
         Args:
             method: pruning criterion, a registered method (force, iter_snip, snip, grasp, random,
-                magnitude, synflow, prospr, ntk_sap, and any added with
+                magnitude, synflow, prospr, ntk_sap, phew, and any added with
                 `pruning_lightning.pruning.register`).
             sparsity: fraction of prunable weights to remove, in [0, 1); 0 trains the dense network.
             steps: iterations T of force/iter_snip/synflow/ntk_sap (None: 60, 60, 100, 20); one-shot

@@ -1,5 +1,6 @@
-"""benchmarks/side_by_side_layerwise.py against the authors' repositories, when fetched: set
-RIGL_REPO, SMART_RATIO_REPO, FORCE_REPO (checkouts or git directories); skipped otherwise."""
+"""benchmarks/side_by_side_layerwise.py and side_by_side_phew.py against the authors' repositories,
+when fetched: set RIGL_REPO, SMART_RATIO_REPO, FORCE_REPO, PHEW_REPO (checkouts or git
+directories); skipped otherwise."""
 
 from __future__ import annotations
 
@@ -46,3 +47,20 @@ def test_grasp_it_equals_theirs_with_the_same_count_rule():
     sbs = script()
     corr, ious = sbs.compare_grasp_it(sbs.checkout(repo("FORCE_REPO")), sbs.tiny_net(), 0.9, 10)
     assert corr > 0.999999 and ious[1] == 1.0
+
+
+def test_phew_matches_the_official_walks_in_distribution():
+    """benchmarks/side_by_side_phew.py: the random walks of the two codes differ draw by draw,
+    so the masks of one seed agree only as two random masks do; over seeds the per-layer counts
+    agree within a few percent and the per-weight keep frequencies correlate with theirs as ours
+    correlate with ours over other seeds."""
+    spec = importlib.util.spec_from_file_location("side_by_side_phew", SCRIPT.with_name(
+        "side_by_side_phew.py"))  # fmt: skip
+    sbs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sbs)
+    utils = sbs.phew_utils(sbs.checkout(repo("PHEW_REPO")))
+    got = sbs.compare(utils, 0.9, 20)
+    assert got["layer_rel_diff"] < 0.08
+    assert got["corr"] > got["corr_floor"] - 0.1
+    assert abs(got["iou_same_seed"] - got["iou_ours"]) < 0.05
+    assert got["their_effective"] == 1.0

@@ -117,6 +117,30 @@ def has_input_output_path(
     return bool((out > 0).any())
 
 
+def path_weights(
+    model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int]
+) -> dict[str, Tensor]:
+    """The weights, kept or not, whose input unit is reached from the input and whose output unit
+    reaches an output through the kept weights: each such weight lies on an input-output path of
+    ``masks`` plus that weight alone (for a kept one: it is effective).
+
+    The gradient of the indicator network (see :func:`effective_masks`) w.r.t. every mask entry:
+    a pruned weight's entry is 0 but its gradient still says whether it would connect. PHEW fills
+    its last few weights from these. No path at all gives all False.
+    """
+    check_masks(model, masks, complete=False)
+    values = _indicator_values(model, masks)
+    leaves = {name: values[name].requires_grad_(True) for name in masks}
+    out = _indicator_pass(model, values, input_shape)
+    if not (out > 0).any():
+        return {name: torch.zeros_like(m, dtype=torch.bool) for name, m in masks.items()}
+    grads = torch.autograd.grad(out.sum(), list(leaves.values()), allow_unused=True)
+    return {
+        name: torch.zeros_like(m, dtype=torch.bool) if g is None else (g > 0).to(m.device)
+        for (name, m), g in zip(masks.items(), grads, strict=True)
+    }
+
+
 def effective_masks(
     model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int]
 ) -> dict[str, Tensor]:
@@ -134,16 +158,5 @@ def effective_masks(
 
     Returns bool tensors shaped like ``masks`` (a subset of each); no path at all gives all False.
     """
-    check_masks(model, masks, complete=False)
-    values = _indicator_values(model, masks)
-    leaves = {name: values[name].requires_grad_(True) for name in masks}
-    out = _indicator_pass(model, values, input_shape)
-    if not (out > 0).any():
-        return {name: torch.zeros_like(m, dtype=torch.bool) for name, m in masks.items()}
-    grads = torch.autograd.grad(out.sum(), list(leaves.values()), allow_unused=True)
-    effective = {}
-    for (name, mask), g in zip(masks.items(), grads, strict=True):
-        kept = mask.to(torch.bool)
-        on_path = torch.zeros_like(kept) if g is None else (g > 0).to(kept.device)
-        effective[name] = kept & on_path
-    return effective
+    on_path = path_weights(model, masks, input_shape)
+    return {name: mask.to(torch.bool) & on_path[name] for name, mask in masks.items()}

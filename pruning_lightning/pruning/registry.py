@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning import criteria, layerwise, ntk_sap, prospr
+from pruning_lightning.pruning import criteria, layerwise, ntk_sap, phew, prospr
 from pruning_lightning.pruning.criteria import ScoreFactory
 from pruning_lightning.pruning.layerwise import layerwise_score
 
@@ -41,6 +41,8 @@ class Criterion:
             another random draw: the ``invert`` ablation refuses such a method).
         options: the :class:`PruningConfig` fields only this method reads; another method
             refuses a non-default value of them.
+        plain_chain: the method walks a plain chain of Conv2d/Linear layers (PHEW) and refuses
+            residual, branching and grouped networks with a ConfigError.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Criterion:
     score_dtype: torch.dtype = torch.float32
     ranked: bool = True
     options: tuple[str, ...] = ()
+    plain_chain: bool = False
 
 
 _CRITERIA: dict[str, Criterion] = {}
@@ -128,3 +131,5 @@ register(Criterion("prospr", prospr.prospr_score, "ProsPr", "#17becf",
 register(Criterion("ntk_sap", ntk_sap.ntk_sap_score, "NTK-SAP", "#bcbd22", needs_data=False,
                    default_steps=ntk_sap.DEFAULT_STEPS, progressive=True,
                    resurrect=False))  # fmt: skip
+register(Criterion("phew", phew.phew_score, "PHEW", "#7b4173", needs_data=False, ranked=False,
+                   plain_chain=True))  # fmt: skip

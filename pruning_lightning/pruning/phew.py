@@ -1,0 +1,517 @@
+"""PHEW (Patil & Dovrolis, ICML 2021): biased random walks from the input to the output, each hop
+chosen with probability proportional to |theta0|, the walked weights kept until the budget is met
+(docs/METHODS.md "PHEW"; official code ShreyasMalakarjunPatil/PHEW, ``Prune/phew_utils.py``).
+
+The walks run on a plain chain of Conv2d/Linear layers (VGG-style): conv layers are crossed at the
+channel level (a hop picks an output channel and one kernel tap, jointly in proportion to |w|, as
+the official two-stage draw does), and each walk carries the interval of feature-map positions it
+reaches, so a tap that would leave the walk on no position (zero padding, small maps) is never
+picked: every kept weight lies on an input-output path of the network at ``input_shape``, checked
+with :func:`~pruning_lightning.pruning.connectivity.effective_masks` at the end. Thousands of walks
+are drawn at once (one ``torch.multinomial`` per layer) from one CPU generator seeded with the
+run's seed, so every device and DDP rank draws the same mask. Exactly k weights: walks are added
+in order while they fit; the remainder, smaller than one walk, goes to the largest-|w| weights
+that connect on their own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from pruning_lightning.errors import ConfigError
+from pruning_lightning.pruning.connectivity import (
+    effective_masks,
+    has_input_output_path,
+    path_weights,
+)
+from pruning_lightning.pruning.criteria import ScoreContext
+from pruning_lightning.pruning.layerwise import kept_total
+from pruning_lightning.pruning.masks import PRUNABLE_MODULES, TopKSelector, split_flat
+from pruning_lightning.pruning.network import module_modes
+from pruning_lightning.pruning.progressive import ScoreFn
+
+#: Walks drawn at once, at most (a hop holds walks x out-units x taps floats).
+WALK_BATCH = 4096
+_HOP_FLOATS = 1 << 24
+#: Batches in a row that add no weight before the walks give way to the fill.
+_STALLS = 4
+#: Poolings whose windows the walks follow ("any position of the window", as the indicator network
+#: of connectivity.py treats them; an adaptive max-pool's gradient would pick one tied maximum).
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a conv: output position q reads input q * stride - padding + tap * dilation."""
+
+    kernel: int
+    stride: int
+    padding: int
+    dilation: int
+    n_in: int
+    n_out: int
+
+    @property
+    def shift(self) -> Tensor:
+        """padding - tap * dilation, per tap."""
+        return self.padding - torch.arange(self.kernel) * self.dilation
+
+
+@dataclass(frozen=True)
+class Window:
+    """One axis of a pooling: output j reads the input positions start[j]..end[j]."""
+
+    start: Tensor
+    end: Tensor
+
+
+@dataclass
+class Hop:
+    """A Conv2d/Linear layer of the chain, as the walks cross it."""
+
+    name: str
+    forward: Tensor  # |theta0| as [in, out, taps] (conv) / [in, out]: rows a forward hop reads
+    backward: Tensor  # |theta0| as [out, in, taps] / [out, in]: rows a backward hop reads
+    offset: int | None  # start in the flat mask; None: not pruned (excluded), crossed all the same
+    axes: tuple[Axis, Axis] | None = None  # conv geometry (y, x); None for a Linear
+    pools: list[tuple[Window, Window]] = field(default_factory=list)  # from the previous output
+    flatten: tuple[int, int] | None = None  # the (H, W) map flattened into this Linear's input
+
+    @property
+    def taps(self) -> int:
+        return 1 if self.axes is None else self.axes[0].kernel * self.axes[1].kernel
+
+
+# --- the chain -----------------------------------------------------------------------------------
+
+
+def _refuse(why: str) -> ConfigError:
+    return ConfigError(
+        f"phew walks a plain chain of Conv2d/Linear layers (VGG-style) and cannot walk this "
+        f"network: {why}. Pick another method, or a plain network (e.g. --model.backbone vgg19)."
+    )
+
+
+def _window(module: nn.Module, n_in: int, n_out: int, axis: int) -> Window:
+    j = torch.arange(n_out)
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        start, end = (j * n_in) // n_out, -((-(j + 1) * n_in) // n_out) - 1
+    else:
+
+        def pick(v):
+            return v if isinstance(v, int) else v[axis]
+
+        k, s, p = (
+            pick(module.kernel_size),
+            pick(module.stride or module.kernel_size),
+            pick(module.padding),
+        )
+        if pick(getattr(module, "dilation", 1)) != 1 or s > k:
+            raise _refuse(f"{type(module).__name__} with gaps between its windows")
+        start, end = j * s - p, j * s - p + k - 1
+    return Window(start.clamp(0, n_in - 1), end.clamp(0, n_in - 1))
+
+
+def _conv_axes(conv: nn.Conv2d, in_shape, out_shape) -> tuple[Axis, Axis]:
+    axes = []
+    for i in range(2):
+        k, d = conv.kernel_size[i], conv.dilation[i]
+        pad = conv.padding
+        if pad == "valid":
+            p = 0
+        elif pad == "same":
+            p = d * (k - 1) // 2
+        else:
+            p = pad[i]
+        axes.append(Axis(k, conv.stride[i], p, d, in_shape[2 + i], out_shape[2 + i]))
+    return axes[0], axes[1]
+
+
+def trace_chain(
+    model: nn.Module, prunable: Mapping[str, nn.Parameter], input_shape: Sequence[int]
+) -> list[Hop]:
+    """The model's Conv2d/Linear layers in call order, with what lies between them; a
+    ConfigError (one line) for a network the walks cannot follow: a layer bypassed by a residual
+    shortcut or a branch, grouped or depthwise convs, shared layers, a last layer that is not a
+    Linear, or an operation between layers that is neither elementwise, a pooling nor a flatten.
+    """
+    names = {m: f"{n}.weight" if n else "weight" for n, m in model.named_modules()}
+    layers = [m for m in model.modules() if isinstance(m, PRUNABLE_MODULES)]
+    calls: list[tuple[nn.Module, tuple, tuple]] = []
+
+    def record(module: nn.Module, inputs: tuple, output: object) -> None:
+        shape_in = tuple(inputs[0].shape) if inputs and isinstance(inputs[0], Tensor) else ()
+        shape_out = tuple(output.shape) if isinstance(output, Tensor) else ()
+        calls.append((module, shape_in, shape_out))
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    param = next(iter(prunable.values()))
+    try:
+        with torch.no_grad(), module_modes(model, False):
+            out = model(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
+    finally:
+        for h in handles:
+            h.remove()
+    for m in layers:
+        n = sum(c[0] is m for c in calls)
+        if n != 1:
+            raise _refuse(f"{names[m]} is used {n} times in one forward pass")
+        if isinstance(m, nn.Conv2d) and m.groups != 1:
+            raise _refuse(f"{names[m]} is a grouped or depthwise conv (groups={m.groups})")
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            raise _refuse(f"{names[m]} pads with {m.padding_mode!r}, not zeros")
+    for m in layers:  # every layer must cut the network: else something bypasses it
+        cut = {names[m]: torch.zeros_like(m.weight, dtype=torch.bool)}
+        if has_input_output_path(model, cut, input_shape):
+            raise _refuse(
+                f"{names[m]} is not on every input-output path (a residual shortcut or a "
+                "parallel branch bypasses it)"
+            )
+    offsets, start = {}, 0
+    for name, p in prunable.items():
+        offsets[name] = start
+        start += p.numel()
+
+    hops: list[Hop] = []
+    current: tuple = ()
+    pools: list[tuple[Window, Window]] = []
+    for module, shape_in, shape_out in calls:
+        if isinstance(module, PRUNABLE_MODULES):
+            hops.append(_hop(module, names[module], offsets, shape_in, shape_out, current, pools))
+            current, pools = shape_out, []
+        elif not hops:
+            continue  # before the first layer: every position of its input is reached
+        elif shape_out == shape_in and math.prod(shape_in) == math.prod(current):
+            continue  # elementwise (BatchNorm, activations, dropout) or a flatten
+        elif isinstance(module, nn.Flatten) and math.prod(shape_in) == math.prod(current):
+            continue
+        elif isinstance(module, _POOLS) and shape_in == current and len(current) == 4:
+            pools.append(
+                tuple(_window(module, shape_in[2 + a], shape_out[2 + a], a) for a in range(2))
+            )
+            current = shape_out
+        else:
+            raise _refuse(
+                f"it cannot follow {type(module).__name__} ({shape_in} -> {shape_out}) after "
+                f"{hops[-1].name}"
+            )
+    last = hops[-1]
+    if last.axes is not None or not isinstance(out, Tensor) or tuple(out.shape) != current:
+        raise _refuse(
+            f"the walks end at the output units of a last Linear layer, and {last.name} is not "
+            "one whose output is the network's output"
+        )
+    return hops
+
+
+def _hop(module, name, offsets, shape_in, shape_out, current, pools) -> Hop:
+    w = module.weight.detach().abs().float().cpu()
+    if isinstance(module, nn.Conv2d):
+        if current and current != shape_in:
+            raise _refuse(f"{name} does not read the output of the layer before it {current}")
+        w = w.reshape(w.shape[0], w.shape[1], -1)
+        hop = Hop(name, w.transpose(0, 1).contiguous(), w, offsets.get(name))
+        hop.axes = _conv_axes(module, shape_in, shape_out)
+    else:
+        if len(shape_in) != 2:
+            raise _refuse(f"{name} reads a {len(shape_in) - 1}-d input, not a feature vector")
+        hop = Hop(name, w.t().contiguous(), w, offsets.get(name))
+        if len(current) == 4 and math.prod(current[1:]) == shape_in[1]:
+            hop.flatten = (current[2], current[3])
+        elif current and current != shape_in:
+            raise _refuse(f"{name} does not read the output of the layer before it {current}")
+    hop.pools = pools
+    return hop
+
+
+# --- the walks -----------------------------------------------------------------------------------
+
+
+def _ceil_div(a: Tensor, b: int) -> Tensor:
+    return -torch.div(-a, b, rounding_mode="floor")
+
+
+def _uniform_below(n: Tensor, gen: torch.Generator) -> Tensor:
+    """One integer in [0, n) per entry (n >= 1)."""
+    u = torch.rand(n.shape, generator=gen, dtype=torch.float64)
+    return torch.minimum((u * n).long(), n - 1)
+
+
+def _draw(weights: Tensor, allowed: Tensor, gen: torch.Generator) -> Tensor:
+    """One index per row in proportion to ``weights``; a row of zero weights draws uniformly
+    among its ``allowed`` entries (as the official code does for an all-zero row).
+
+    Inverse CDF: one uniform per row against the row's float64 cumulative sum (the first index
+    whose cumulative weight reaches u in (0, total], never a zero-weight entry); one random number
+    per walk instead of one per entry, as ``torch.multinomial`` draws on the CPU.
+    """
+    empty = weights.sum(1) <= 0
+    if bool(empty.any()):
+        weights = weights.clone()
+        weights[empty] = allowed[empty].to(weights.dtype)
+        weights[weights.sum(1) <= 0] = 1.0  # nothing allowed: a dead walk, dropped by the caller
+    cdf = weights.to(torch.float64).cumsum(1)
+    u = (1.0 - torch.rand(weights.shape[0], 1, generator=gen, dtype=torch.float64)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(1)
+
+
+def _allowed(bounds: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """[walks, 1, taps] bool: the taps whose position interval is non-empty on both axes."""
+    (y_lo, y_hi), (x_lo, x_hi) = bounds
+    ok = (y_lo <= y_hi)[:, :, None] & (x_lo <= x_hi)[:, None, :]
+    return ok.reshape(ok.shape[0], 1, -1)
+
+
+def _forward(hops: list[Hop], seeds: Tensor, gen: torch.Generator) -> Tensor:
+    """Flat mask indices [walks, layers] of walks from the input units ``seeds`` (-1: a layer
+    not pruned, or a walk with no reachable continuation)."""
+    b = seeds.numel()
+    idx = torch.full((b, len(hops)), -1, dtype=torch.long)
+    alive = torch.ones(b, dtype=torch.bool)
+    unit = seeds
+    lo = hi = None  # [2, b]: the interval of positions (y, x) reached, in the current map
+    if hops[0].axes is not None:
+        lo = torch.zeros(2, b, dtype=torch.long)
+        hi = torch.tensor([a.n_in - 1 for a in hops[0].axes])[:, None].expand(2, b).clone()
+    for layer, hop in enumerate(hops):
+        for window in hop.pools:  # output j is reached iff its window meets [lo, hi]
+            for a, w in enumerate(window):
+                lo[a] = torch.searchsorted(w.end, lo[a])
+                hi[a] = torch.searchsorted(w.start, hi[a], right=True) - 1
+        if hop.flatten is not None:  # one reached position of the channel, uniformly
+            h, w = hop.flatten
+            y = lo[0] + _uniform_below(hi[0] - lo[0] + 1, gen)
+            x = lo[1] + _uniform_below(hi[1] - lo[1] + 1, gen)
+            unit, lo, hi = unit * (h * w) + y * w + x, None, None
+        rows = hop.forward[unit]  # [b, out, taps]
+        n_in, n_out, taps = hop.forward.shape[0], hop.forward.shape[1], hop.taps
+        if hop.axes is None:
+            out = _draw(rows, torch.ones_like(rows, dtype=torch.bool), gen)
+            flat = out * n_in + unit
+        else:
+            bounds = [  # per axis: output interval per tap, [b, kernel]
+                (
+                    _ceil_div(lo[a][:, None] + ax.shift, ax.stride).clamp(min=0),
+                    torch.div(hi[a][:, None] + ax.shift, ax.stride, rounding_mode="floor").clamp(
+                        max=ax.n_out - 1
+                    ),
+                )
+                for a, ax in enumerate(hop.axes)
+            ]
+            ok = _allowed(bounds)
+            alive &= ok.any(2).squeeze(1)
+            choice = _draw(
+                (rows * ok).reshape(b, -1), ok.expand(b, n_out, taps).reshape(b, -1), gen
+            )
+            out, tap = choice // taps, choice % taps
+            kw = hop.axes[1].kernel
+            for a, t in enumerate((tap // kw, tap % kw)):
+                lo[a] = bounds[a][0].gather(1, t[:, None]).squeeze(1)
+                hi[a] = bounds[a][1].gather(1, t[:, None]).squeeze(1)
+            flat = (out * n_in + unit) * taps + tap
+        if hop.offset is not None:
+            idx[:, layer] = hop.offset + flat
+        unit = out
+    idx[~alive] = -1
+    return idx
+
+
+def _backward(hops: list[Hop], seeds: Tensor, gen: torch.Generator) -> Tensor:
+    """As :func:`_forward`, from the output units ``seeds`` of the last Linear to the input."""
+    b = seeds.numel()
+    idx = torch.full((b, len(hops)), -1, dtype=torch.long)
+    alive = torch.ones(b, dtype=torch.bool)
+    unit = seeds
+    lo = hi = None  # [2, b]: positions of the current map that reach the output
+    for layer in range(len(hops) - 1, -1, -1):
+        hop = hops[layer]
+        rows = hop.backward[unit]  # [b, in, taps]
+        n_in, taps = hop.backward.shape[1], hop.taps
+        if hop.axes is None:
+            inp = _draw(rows, torch.ones_like(rows, dtype=torch.bool), gen)
+            flat = unit * n_in + inp
+        else:
+            bounds = [  # per axis and tap: the output positions whose input is in the map
+                (
+                    torch.maximum(lo[a][:, None], _ceil_div(ax.shift, ax.stride)),
+                    torch.minimum(
+                        hi[a][:, None],
+                        torch.div(ax.n_in - 1 + ax.shift, ax.stride, rounding_mode="floor"),
+                    ),
+                )
+                for a, ax in enumerate(hop.axes)
+            ]
+            ok = _allowed(bounds)
+            alive &= ok.any(2).squeeze(1)
+            choice = _draw((rows * ok).reshape(b, -1), ok.expand(b, n_in, taps).reshape(b, -1), gen)
+            inp, tap = choice // taps, choice % taps
+            kw = hop.axes[1].kernel
+            for a, (t, ax) in enumerate(zip((tap // kw, tap % kw), hop.axes, strict=True)):
+                q_lo = bounds[a][0].gather(1, t[:, None]).squeeze(1)
+                q_hi = bounds[a][1].gather(1, t[:, None]).squeeze(1)
+                if ax.stride > 1:  # the inputs of a strided range are no interval: one of them
+                    q_lo = q_hi = q_lo + _uniform_below((q_hi - q_lo + 1).clamp(min=1), gen)
+                shift = ax.shift[t]
+                lo[a], hi[a] = q_lo * ax.stride - shift, q_hi * ax.stride - shift
+            flat = (unit * n_in + inp) * taps + tap
+        if hop.offset is not None:
+            idx[:, layer] = hop.offset + flat
+        unit = inp
+        if hop.flatten is not None:  # back to a channel and one position of its map
+            h, w = hop.flatten
+            pos = unit % (h * w)
+            unit = unit // (h * w)
+            lo = torch.stack([pos // w, pos % w])
+            hi = lo.clone()
+        for window in reversed(hop.pools):  # the inputs of the windows of [lo, hi]
+            for a, win in enumerate(window):
+                lo[a], hi[a] = win.start[lo[a]], win.end[hi[a]]
+    idx[~alive] = -1
+    return idx
+
+
+def draw_walks(hops: list[Hop], first: int, count: int, gen: torch.Generator) -> Tensor:
+    """Walks ``first .. first + count - 1`` of the official order, as flat mask indices
+    [count, layers]: even walks forward from the input units, odd walks backward from the output
+    units, each side's start unit round-robin (walk 2i forward from input unit i mod n_in)."""
+    n_in, n_out = hops[0].forward.shape[0], hops[-1].backward.shape[0]
+    number = torch.arange(first, first + count)
+    fwd, bwd = number[number % 2 == 0], number[number % 2 == 1]
+    idx = torch.empty((count, len(hops)), dtype=torch.long)
+    if fwd.numel():
+        idx[number % 2 == 0] = _forward(hops, (fwd // 2) % n_in, gen)
+    if bwd.numel():
+        idx[number % 2 == 1] = _backward(hops, (bwd // 2) % n_out, gen)
+    return idx
+
+
+def new_weights(idx: Tensor, mask: Tensor) -> Tensor:
+    """[walks, layers] bool: the entries of ``idx`` not in ``mask`` nor in an earlier walk."""
+    flat = idx.reshape(-1)
+    pos = torch.nonzero(flat >= 0).squeeze(1)
+    pos = pos[~mask[flat[pos]]]
+    values, inverse = torch.unique(flat[pos], return_inverse=True)
+    first = torch.full((values.numel(),), pos.numel(), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(pos.numel()), "amin")
+    new = torch.zeros(flat.numel(), dtype=torch.bool)
+    new[pos[first]] = True
+    return new.view(idx.shape)
+
+
+# --- the mask ------------------------------------------------------------------------------------
+
+
+def phew_mask(
+    model: nn.Module,
+    prunable: Mapping[str, nn.Parameter],
+    k: int,
+    input_shape: Sequence[int],
+    seed: int,
+) -> Tensor:
+    """The flat bool mask (CPU, prunable order) of exactly ``k`` weights, all on input-output
+    paths; the model is not changed (one eval-mode probe pass, indicator passes)."""
+    total = sum(p.numel() for p in prunable.values())
+    if k == total:
+        return torch.ones(total, dtype=torch.bool)  # sparsity 0: nothing is pruned
+    hops = trace_chain(model, prunable, input_shape)
+    per_walk = sum(h.offset is not None for h in hops)
+    if k < per_walk:
+        raise ConfigError(
+            f"phew keeps whole input-output paths, one pruned weight in each of {per_walk} "
+            f"layers, and sparsity leaves only k = {k} weights: use a lower sparsity."
+        )
+    dense = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable.items()}
+    reachable = sum(int(m.sum()) for m in effective_masks(model, dense, input_shape).values())
+    if k > reachable:
+        raise ConfigError(
+            f"phew keeps only weights on input-output paths, and {reachable} of the {total} "
+            f"prunable weights lie on one at input shape {tuple(input_shape)} (a kernel tap that "
+            f"only meets zero padding, e.g. on a 1x1 map, lies on none); k = {k} needs more: use "
+            f"sparsity >= {math.ceil((1 - reachable / total) * 1e4) / 1e4:g}."
+        )
+    widest = max(h.forward.shape[1] * h.taps for h in hops)
+    most = max(2, min(WALK_BATCH, _HOP_FLOATS // widest) // 2 * 2)
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(total, dtype=torch.bool)
+    kept = walks = stalls = 0
+    while kept < k and stalls < _STALLS:
+        # about twice the walks the rest of the budget takes if no weight repeats; even
+        batch = min(most, max(64, -(-2 * (k - kept) // per_walk)) // 2 * 2)
+        idx = draw_walks(hops, walks, batch, gen)
+        walks += batch
+        new = new_weights(idx, mask)
+        fits = int((kept + new.sum(1).cumsum(0) <= k).sum())  # walks in order, while they fit
+        added = idx[:fits][new[:fits]]
+        mask[added] = True
+        kept += added.numel()
+        if fits < batch:
+            break  # the next walk would overshoot k
+        stalls = stalls + 1 if added.numel() == 0 else 0
+    if kept < k:
+        _fill(model, prunable, mask, k - kept, input_shape)
+    views = _views(prunable, mask)
+    effective = effective_masks(model, views, input_shape)
+    if int(mask.sum()) != k or not all(torch.equal(effective[n], views[n]) for n in views):
+        raise RuntimeError("phew: a kept weight lies on no input-output path (a bug: report it)")
+    return mask
+
+
+def _views(prunable: Mapping[str, nn.Parameter], mask: Tensor) -> dict[str, Tensor]:
+    parts = split_flat(mask, [p.shape for p in prunable.values()])
+    return {n: m.to(p.device) for (n, p), m in zip(prunable.items(), parts, strict=True)}
+
+
+def _fill(
+    model: nn.Module,
+    prunable: Mapping[str, nn.Parameter],
+    mask: Tensor,
+    missing: int,
+    input_shape: Sequence[int],
+) -> None:
+    """Add ``missing`` weights, each on a path on its own: the largest |theta0| among the pruned
+    weights whose input unit is reached and whose output unit reaches an output (ties: earlier)."""
+    magnitude = torch.cat([p.detach().abs().float().reshape(-1).cpu() for p in prunable.values()])
+    selector = TopKSelector(mask.numel(), torch.device("cpu"), scores=magnitude)
+    while missing > 0:
+        on_path = path_weights(model, _views(prunable, mask), input_shape)
+        allowed = torch.cat([on_path[n].reshape(-1).cpu() for n in prunable]) & ~mask
+        n = int(allowed.sum())
+        if n == 0:
+            raise ConfigError(
+                f"phew placed {int(mask.sum())} weights on input-output paths and finds no "
+                f"further one to add ({missing} short of k): use a higher sparsity."
+            )
+        chosen = torch.empty_like(mask)
+        selector.select(min(n, missing), chosen, allowed=allowed)
+        mask |= chosen
+        missing -= min(n, missing)
+
+
+def phew_score(ctx: ScoreContext) -> ScoreFn:
+    """The score factory: 1 on the PHEW mask, 0 elsewhere (exactly k ones, so the global top-k
+    keeps exactly the mask). The walks run once, here, before any step."""
+    input_shape = ctx.config.input_shape
+    if input_shape is None:
+        if ctx.stream is None:
+            raise ConfigError(
+                "phew without data needs input_shape, the shape of one example, e.g. "
+                "compute_masks(model, None, 'phew', 0.99, input_shape=(3, 32, 32))."
+            )
+        input_shape = tuple(ctx.stream.next()[0].shape[1:])
+    shapes = [p.shape for p in ctx.prunable.values()]
+    seed = ctx.config.seed
+    assert seed is not None  # run_pruning refuses an unresolved seed
+    k = kept_total(shapes, 1.0 - float(ctx.config.sparsity))
+    flat = phew_mask(ctx.model, ctx.prunable, k, input_shape, seed).float()
+
+    def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> None:
+        for v, part in zip(views, split_flat(flat.to(views[0].device), shapes), strict=True):
+            v.copy_(part)
+
+    return step
