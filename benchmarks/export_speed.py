@@ -2,16 +2,19 @@
 dense, the masked and the exported (compact) network, as ratios against dense in the same run.
 
 For each backbone, method and sparsity: a mask is computed on CIFAR-sized batches (random images
-unless ``--data-dir`` points at a CIFAR-10 folder copy), the network is compacted exactly as
-``pruning-lightning export`` does (:func:`compact_network`), and
+unless ``--data-dir`` points at a CIFAR-10 folder copy), the network is compacted and put in the
+form ``pruning-lightning export`` writes (:func:`compact_network`, then :func:`inference_network`:
+BatchNorm folded, channels_last), and
 
-- parameters and FLOPs per image (``torch.utils.flop_counter``; the masked network's FLOPs are
-  the dense ones: its zeros are still multiplied),
+- parameters and FLOPs per image of the compact network (``torch.utils.flop_counter``; the
+  masked network's FLOPs are the dense ones: its zeros are still multiplied),
 - CPU latency at batch 1 and 64 (``torch.utils.benchmark``, ``--threads`` threads, eval mode,
-  no autograd) of dense, masked and exported,
+  no autograd) of dense, masked and exported, and of the dense network in the exported form
+  (what pruning alone buys: ``b64/dense form``),
 - the ONNX Runtime latency of the exported network (same threads),
 
-are printed as ratios against dense, timed again next to every row. The networks are at
+are printed as ratios against dense, timed again next to every row in ``--rounds`` alternating
+rounds (median of the per-round ratios). The networks are at
 initialisation (BatchNorm in eval mode with fresh statistics): the timing does not depend on the
 weights' values.
 
@@ -28,6 +31,7 @@ import argparse
 import copy
 import math
 import os
+import statistics
 import tempfile
 from collections.abc import Iterator
 
@@ -39,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.models import build_backbone
 from pruning_lightning.pruning import apply_masks, compute_masks, get_criterion
-from pruning_lightning.pruning.compact import compact_network
+from pruning_lightning.pruning.compact import compact_network, inference_network
 
 
 def flops(net: nn.Module, x: torch.Tensor) -> int:
@@ -63,6 +67,18 @@ def latency(fn, x: torch.Tensor, threads: int, min_time: float) -> float:
 def per_batch(measure, net, xs: dict[int, torch.Tensor], args: argparse.Namespace) -> dict:
     """``measure(net, x, threads, min_time)`` for each batch size of ``xs``."""
     return {b: measure(net, x, args.threads, args.min_time) for b, x in xs.items()}
+
+
+def timed_rounds(nets, xs: dict[int, torch.Tensor], args: argparse.Namespace) -> list[dict]:
+    """Per net and batch size, the latency relative to ``nets[0]`` in the same round, median
+    over ``--rounds`` rounds, times the median absolute latency of ``nets[0]``: a ratio that one
+    slow round of a busy machine does not move."""
+    rounds = [[per_batch(latency, net, xs, args) for net in nets] for _ in range(args.rounds)]
+    base = {b: statistics.median(r[0][b] for r in rounds) for b in xs}
+    return [
+        {b: base[b] * statistics.median(r[i][b] / r[0][b] for r in rounds) for b in xs}
+        for i in range(len(nets))
+    ]
 
 
 def onnx_latency(net: nn.Module, x: torch.Tensor, threads: int, min_time: float) -> float:
@@ -110,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="a CIFAR-10 copy for the saliency batches")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds per timing")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--device", default="cpu", help="where the networks are timed")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime columns")
     return parser
@@ -130,6 +147,8 @@ def measure(args: argparse.Namespace) -> Iterator[dict]:
         base_params = sum(p.numel() for p in dense.parameters())
         base_flops = flops(dense, x1)
         base = per_batch(latency, dense, xs, args)
+        # the dense network in the exported form too: what pruning alone buys, format aside
+        dense_fast = inference_network(dense.cpu(), (3, 32, 32)).to(device)
         yield {
             "arch": arch, "method": "dense", "sparsity": 0.0, "params": base_params,
             "flops": base_flops, "latency_b1_s": base[1], "latency_b64_s": base[64],
@@ -149,9 +168,9 @@ def measure(args: argparse.Namespace) -> Iterator[dict]:
                 except ConfigError:
                     yield {**row, "disconnected": True}
                     continue
-                small = small.to(device).eval()
-                # dense again next to each row: drift hits both sides
-                base, m, e = (per_batch(latency, f, xs, args) for f in (dense, masked, small))
+                small = inference_network(small, (3, 32, 32)).to(device)  # what export writes
+                # dense again next to each row, in alternation over rounds: drift hits all sides
+                base, m, e, f = timed_rounds((dense, masked, small, dense_fast), xs, args)
                 o = per_batch(onnx_latency, small.cpu(), xs, args) if onnx else None
                 flop_ratio = flops(small, x1) / base_flops
                 yield {
@@ -161,6 +180,8 @@ def measure(args: argparse.Namespace) -> Iterator[dict]:
                     "masked_b1": m[1] / base[1], "masked_b64": m[64] / base[64],
                     "exported_b1": e[1] / base[1], "exported_b64": e[64] / base[64],
                     "exported_b64_over_flops": e[64] / base[64] / flop_ratio,
+                    "dense_exported_form_b64": f[64] / base[64],
+                    "exported_b64_over_dense_exported_form": e[64] / f[64],
                     "onnx_b1": o[1] / base[1] if o else math.nan,
                     "onnx_b64": o[64] / base[64] if o else math.nan,
                 }  # fmt: skip
@@ -175,7 +196,8 @@ def main() -> None:
     )
     print(
         f"{'arch':<9} {'method':<10} {'sparsity':>8} {'params':>8} {'FLOPs':>7} "
-        f"{'masked b1':>9} {'b64':>6} {'export b1':>9} {'b64':>6} {'onnx b1':>8} {'b64':>6}"
+        f"{'masked b1':>9} {'b64':>6} {'export b1':>9} {'b64':>6} {'b64/FLOPs':>9} "
+        f"{'b64/dense form':>14} {'onnx b1':>8} {'b64':>6}"
     )
     for r in measure(args):
         arch, method, sparsity = r["arch"], r["method"], r["sparsity"]
@@ -192,7 +214,9 @@ def main() -> None:
             print(
                 f"{arch:<9} {method:<10} {sparsity:>8} {r['params']:>8.3f} {r['flops']:>7.3f} "
                 f"{r['masked_b1']:>9.3f} {r['masked_b64']:>6.3f} {r['exported_b1']:>9.3f} "
-                f"{r['exported_b64']:>6.3f} {r['onnx_b1']:>8.3f} {r['onnx_b64']:>6.3f}",
+                f"{r['exported_b64']:>6.3f} {r['exported_b64_over_flops']:>9.3f} "
+                f"{r['exported_b64_over_dense_exported_form']:>14.3f} "
+                f"{r['onnx_b1']:>8.3f} {r['onnx_b64']:>6.3f}",
                 flush=True,
             )
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")

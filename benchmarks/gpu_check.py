@@ -119,14 +119,14 @@ PARTS = {
             gpu=[
                 shlex.split(
                     "--arch resnet50 vgg19 --methods force iter_snip --sparsities 0.99 "
-                    "--steps 10 --batch-size 64 --min-time 0.2 --device cuda --no-onnx "
-                    "--threads 4"
+                    "--steps 10 --batch-size 64 --min-time 0.2 --rounds 2 --device cuda "
+                    "--no-onnx --threads 4"
                 )
             ],
             dry=[
                 shlex.split(
                     "--arch resnet18 --width 4 --methods force --sparsities 0.9 --steps 2 "
-                    "--batch-size 8 --min-time 0.01 --no-onnx --threads 1"
+                    "--batch-size 8 --min-time 0.01 --rounds 1 --no-onnx --threads 1"
                 )
             ],
         ),

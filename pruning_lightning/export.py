@@ -5,9 +5,11 @@
 
 The checkpoint holds the mask (the PruningCallback's state) and the network's hyperparameters;
 :func:`~pruning_lightning.pruning.compact.compact_network` removes every channel on no
-input-output path, and the result is written as a ``torch.export`` program (``.pt2``, loaded by
-``torch.export.load``; the files written here hold no pickled payload, but a ``.pt2`` from
-elsewhere can: docs/SECURITY.md) and, with ``--onnx``, as ONNX. Both take a batch of
+input-output path, and the result (BatchNorm folded into the convolutions, weights channels_last:
+:func:`~pruning_lightning.pruning.compact.inference_network`) is written as a ``torch.export``
+program (``.pt2``, loaded by ``torch.export.load``; the files written here hold no pickled
+payload, but a ``.pt2`` from elsewhere can: docs/SECURITY.md) and, with ``--onnx``, as ONNX.
+Both take a batch of
 any size at the trained image size, as normalised float32 images: ``(pixels / 255 - mean) / std``
 per channel, with the ``mean``/``std`` in the checkpoint's hyperparameters (the data's). The
 written network is the backbone; the classifier's first step, which makes that input from the
@@ -41,7 +43,7 @@ import yaml
 from torch import nn
 
 from pruning_lightning.errors import ConfigError
-from pruning_lightning.pruning.compact import compact_network
+from pruning_lightning.pruning.compact import compact_network, inference_network
 from pruning_lightning.pruning.connectivity import effective_masks
 from pruning_lightning.pruning.masks import check_masks, kept_counts
 
@@ -278,7 +280,7 @@ def export_checkpoint(
     onnx: str | Path | None = None,
     config: str | Path | None = None,
 ) -> tuple[nn.Module, ExportReport]:
-    """Compact the checkpoint's network and write it; returns the compact module and counts.
+    """Compact the checkpoint's network and write it; returns the written module and counts.
 
     Bad input (the outputs, the config, the checkpoint) is a ConfigError before any file is
     touched; the outputs appear only once both are complete.
@@ -294,11 +296,12 @@ def export_checkpoint(
         backbone = model.backbone.eval()
         local = {name.removeprefix("backbone."): m for name, m in masks.items()}
         compact = compact_network(backbone, local, input_shape)
+        written = inference_network(compact, input_shape)  # BatchNorm folded, channels_last
         example = torch.zeros((2, *input_shape))
         batch = torch.export.Dim("batch", min=1)
         if "--output" in files:
             try:
-                program = torch.export.export(compact, (example,), dynamic_shapes=({0: batch},))
+                program = torch.export.export(written, (example,), dynamic_shapes=({0: batch},))
             except Exception as err:  # e.g. data-dependent control flow in a custom network
                 raise ConfigError(
                     f"torch.export cannot trace {type(backbone).__name__} ({type(err).__name__}: "
@@ -308,7 +311,7 @@ def export_checkpoint(
         if "--onnx" in files:
             files["--onnx"](
                 lambda f: torch.onnx.export(
-                    compact,
+                    written,
                     (example,),
                     f,
                     dynamo=True,
@@ -322,11 +325,11 @@ def export_checkpoint(
     effective = effective_masks(backbone, local, input_shape)
     report = ExportReport(
         parameters_before=_numbers(backbone),
-        parameters_after=_numbers(compact),
+        parameters_after=_numbers(written),
         kept=sum(k for k, _ in kept_counts(local).values()),
         effective=sum(int(e.sum()) for e in effective.values()),
     )
-    return compact, report
+    return written, report
 
 
 def _numbers(module: nn.Module) -> int:

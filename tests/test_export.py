@@ -20,7 +20,7 @@ from torch import nn
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.models import BACKBONES, FIXED_WIDTH, build_backbone
 from pruning_lightning.pruning import compute_masks, effective_masks
-from pruning_lightning.pruning.compact import WithOffset, compact_network
+from pruning_lightning.pruning.compact import WithOffset, compact_network, inference_network
 from pruning_lightning.pruning.masks import prunable_parameters
 
 ROOT = Path(__file__).parents[1]
@@ -87,6 +87,51 @@ def test_compact_network_gives_the_masked_logits(name, density):
     small = assert_equivalent(trained_like(net), masks, (3, 32, 32))
     # dead and unread channels were drawn in every layer: some go
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", CIFAR)
+def test_the_written_form_folds_batchnorm_is_channels_last_and_gives_the_same_logits(name):
+    torch.manual_seed(0)
+    net = trained_like(build_backbone(name, 10, width=8 if name != "resnet110" else 4))
+    masks = forcelike_masks(net, 0.01)
+    small = compact_network(net, masks, (3, 32, 32))
+    fast = inference_network(small, (3, 32, 32))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = masked_copy(net, masks)(x), fast(x)
+    assert float((expected - got).abs().max()) <= 1e-4 * max(1.0, float(expected.abs().max()))
+    # a BatchNorm stays only behind a layer with a folded offset map (its input is no conv)
+    called = [fast.get_submodule(n.target) for n in fast.graph.nodes if n.op == "call_module"]
+    norms = [m for m in called if isinstance(m, nn.BatchNorm2d)]
+    offsets = [m for m in small.modules() if isinstance(m, WithOffset)]
+    assert len(norms) <= len(offsets)
+    assert not any(m.training for m in fast.modules())
+    for m in fast.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.is_contiguous(memory_format=torch.channels_last)
+    assert small.training is False and any(isinstance(m, nn.BatchNorm2d) for m in small.modules())
+
+
+def test_the_written_form_of_a_network_torch_fx_cannot_trace_keeps_its_batchnorm():
+    class Branchy(nn.Module):  # data-dependent control flow: symbolic tracing fails
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            if y.sum() > 0:
+                y = y.relu()
+            return self.fc(y.mean((2, 3)))
+
+    net = trained_like(Branchy())
+    fast = inference_network(net, (3, 8, 8))
+    assert isinstance(fast.bn, nn.BatchNorm2d)
+    assert fast.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x))
 
 
 @pytest.mark.parametrize("method", ["force", "snip"])
