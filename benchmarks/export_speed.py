@@ -88,7 +88,7 @@ def onnx_latency(net: nn.Module, x: torch.Tensor, threads: int, min_time: float)
         path = os.path.join(folder, "net.onnx")
         batch = torch.export.Dim("batch", min=1)
         torch.onnx.export(
-            net, (x[:2],), path, dynamo=True, input_names=["images"],
+            net, (torch.zeros(2, *x.shape[1:]),), path, dynamo=True, input_names=["images"],
             dynamic_shapes=({0: batch},), external_data=False, verbose=False,
         )  # fmt: skip
         options = onnxruntime.SessionOptions()
