@@ -83,6 +83,10 @@ class Hop:
     flatten: tuple[int, int] | None = None  # the (H, W) map flattened into this Linear's input
     shape_out: tuple = ()  # the shape of its output in the probe pass
     column: int = -1  # its column in the walks of :func:`draw_walks` (call order)
+    forward_sums: Tensor | None = None  # forward summed over the output units: [in, taps] / [in]
+    backward_sums: Tensor | None = None  # backward summed over the input units
+    forward_kernels: Tensor | None = None  # forward summed over the taps: [in, out] (conv)
+    backward_kernels: Tensor | None = None  # backward summed over the taps: [out, in] (conv)
 
     @property
     def taps(self) -> int:
@@ -385,6 +389,9 @@ def _hop(module, name, offsets, shape_in, shape_out, current, pools) -> Hop:
             raise _refuse(f"{name} does not read the output of the layer before it {current}")
     hop.pools = pools
     hop.shape_out = shape_out
+    hop.forward_sums, hop.backward_sums = hop.forward.sum(1), hop.backward.sum(1)
+    if hop.axes is not None:
+        hop.forward_kernels, hop.backward_kernels = hop.forward.sum(2), hop.backward.sum(2)
     return hop
 
 
@@ -401,20 +408,21 @@ def _uniform_below(n: Tensor, gen: torch.Generator) -> Tensor:
     return torch.minimum((u * n).long(), n - 1)
 
 
-def _draw(weights: Tensor, allowed: Tensor, gen: torch.Generator) -> Tensor:
+def _draw(weights: Tensor, allowed: Tensor | None, gen: torch.Generator) -> Tensor:
     """One index per row in proportion to ``weights``; a row of zero weights draws uniformly
-    among its ``allowed`` entries (as the official code does for an all-zero row).
+    among its ``allowed`` entries (None: all; as the official code does for an all-zero row).
 
     Inverse CDF: one uniform per row against the row's float64 cumulative sum (the first index
     whose cumulative weight reaches u in (0, total], never a zero-weight entry); one random number
     per walk instead of one per entry, as ``torch.multinomial`` draws on the CPU.
     """
-    empty = weights.sum(1) <= 0
+    cdf = weights.cumsum(1, dtype=torch.float64)
+    empty = cdf[:, -1] <= 0
     if bool(empty.any()):
         weights = weights.clone()
-        weights[empty] = allowed[empty].to(weights.dtype)
+        weights[empty] = 1.0 if allowed is None else allowed[empty].to(weights.dtype)
         weights[weights.sum(1) <= 0] = 1.0  # nothing allowed: a dead walk, dropped by the caller
-    cdf = weights.to(torch.float64).cumsum(1)
+        cdf = weights.cumsum(1, dtype=torch.float64)
     u = (1.0 - torch.rand(weights.shape[0], 1, generator=gen, dtype=torch.float64)) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(1)
 
@@ -459,14 +467,9 @@ def _pool_forward(hop: Hop, s: _State) -> None:
             s.hi[a] = torch.searchsorted(w.start, s.hi[a], right=True) - 1
 
 
-def _forward_options(hop: Hop, s: _State):
-    """|w| of the (out, tap) choices of each walk at ``hop`` [b, out * taps], zero where a tap
-    leaves the walk on no position, the allowed choices, and the output interval per tap."""
-    rows = hop.forward[s.unit]  # [b, out, taps] (conv) / [b, out]
-    if hop.axes is None:
-        return rows, torch.ones_like(rows, dtype=torch.bool), None
-    b, n_out, taps = rows.shape
-    bounds = [  # per axis: output interval per tap, [b, kernel]
+def _forward_bounds(hop: Hop, s: _State) -> list[tuple[Tensor, Tensor]]:
+    """Per axis: the output interval [b, kernel] each tap of ``hop`` leaves the walks on."""
+    return [
         (
             _ceil_div(s.lo[a][:, None] + ax.shift, ax.stride).clamp(min=0),
             torch.div(s.hi[a][:, None] + ax.shift, ax.stride, rounding_mode="floor").clamp(
@@ -475,8 +478,38 @@ def _forward_options(hop: Hop, s: _State):
         )
         for a, ax in enumerate(hop.axes)
     ]
-    ok = _allowed(bounds)
-    return (rows * ok).reshape(b, -1), ok.expand(b, n_out, taps).reshape(b, -1), bounds
+
+
+def _backward_bounds(hop: Hop, s: _State) -> list[tuple[Tensor, Tensor]]:
+    """Per axis: the output positions [b, kernel] whose input through each tap is in the map."""
+    return [
+        (
+            torch.maximum(s.lo[a][:, None], _ceil_div(ax.shift, ax.stride)),
+            torch.minimum(
+                s.hi[a][:, None],
+                torch.div(ax.n_in - 1 + ax.shift, ax.stride, rounding_mode="floor"),
+            ),
+        )
+        for a, ax in enumerate(hop.axes)
+    ]
+
+
+def _draw_conv(
+    table: Tensor, kernels: Tensor, unit: Tensor, ok: Tensor, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """(channel, tap) per walk, jointly in proportion to ``table[unit]`` [b, channels, taps] over
+    the allowed taps ``ok`` [b, 1, taps]: the channel by its |w| summed over the allowed taps
+    (``kernels``, the sums over all taps, where every tap is allowed), then the tap within it
+    (the official two-stage draw; the law of one joint draw, with 9x shorter cumulative sums).
+    A walk with no |w| on an allowed tap draws uniformly among them."""
+    mass = kernels[unit]  # [b, channels]
+    some = torch.nonzero(~ok.all(2).squeeze(1)).squeeze(1)
+    if some.numel():
+        allowed = ok[some].transpose(1, 2).to(table.dtype)  # [b', taps, 1]
+        mass[some] = torch.bmm(table[unit[some]], allowed).squeeze(2)
+    channel = _draw(mass, None, gen)
+    tap = _draw(table[unit, channel] * ok[:, 0, :], ok[:, 0, :], gen)
+    return channel, tap
 
 
 def _forward_hop(hop: Hop, s: _State, idx: Tensor, gen: torch.Generator) -> None:
@@ -488,14 +521,14 @@ def _forward_hop(hop: Hop, s: _State, idx: Tensor, gen: torch.Generator) -> None
         x = s.lo[1] + _uniform_below(s.hi[1] - s.lo[1] + 1, gen)
         s.unit, s.lo, s.hi = s.unit * (h * w) + y * w + x, None, None
     n_in, taps = hop.forward.shape[0], hop.taps
-    weights, allowed, bounds = _forward_options(hop, s)
     if hop.axes is None:
-        out = _draw(weights, allowed, gen)
+        out = _draw(hop.forward[s.unit], None, gen)
         flat = out * n_in + s.unit
     else:
-        s.alive &= allowed.any(1)
-        choice = _draw(weights, allowed, gen)
-        out, tap = choice // taps, choice % taps
+        bounds = _forward_bounds(hop, s)
+        ok = _allowed(bounds)
+        s.alive &= ok.any(2).squeeze(1)
+        out, tap = _draw_conv(hop.forward, hop.forward_kernels, s.unit, ok, gen)
         kw = hop.axes[1].kernel
         for a, t in enumerate((tap // kw, tap % kw)):
             s.lo[a] = bounds[a][0].gather(1, t[:, None]).squeeze(1)
@@ -506,38 +539,18 @@ def _forward_hop(hop: Hop, s: _State, idx: Tensor, gen: torch.Generator) -> None
     s.unit = out
 
 
-def _backward_options(hop: Hop, s: _State):
-    """As :func:`_forward_options` for a backward hop: the (in, tap) choices at ``hop``."""
-    rows = hop.backward[s.unit]  # [b, in, taps] (conv) / [b, in]
-    if hop.axes is None:
-        return rows, torch.ones_like(rows, dtype=torch.bool), None
-    b, n_in, taps = rows.shape
-    bounds = [  # per axis and tap: the output positions whose input is in the map
-        (
-            torch.maximum(s.lo[a][:, None], _ceil_div(ax.shift, ax.stride)),
-            torch.minimum(
-                s.hi[a][:, None],
-                torch.div(ax.n_in - 1 + ax.shift, ax.stride, rounding_mode="floor"),
-            ),
-        )
-        for a, ax in enumerate(hop.axes)
-    ]
-    ok = _allowed(bounds)
-    return (rows * ok).reshape(b, -1), ok.expand(b, n_in, taps).reshape(b, -1), bounds
-
-
 def _backward_hop(hop: Hop, s: _State, idx: Tensor, gen: torch.Generator) -> None:
     """One backward hop of the walks ``s`` across ``hop`` (then back through flatten and
     pooling before it)."""
     n_in, taps = hop.backward.shape[1], hop.taps
-    weights, allowed, bounds = _backward_options(hop, s)
     if hop.axes is None:
-        inp = _draw(weights, allowed, gen)
+        inp = _draw(hop.backward[s.unit], None, gen)
         flat = s.unit * n_in + inp
     else:
-        s.alive &= allowed.any(1)
-        choice = _draw(weights, allowed, gen)
-        inp, tap = choice // taps, choice % taps
+        bounds = _backward_bounds(hop, s)
+        ok = _allowed(bounds)
+        s.alive &= ok.any(2).squeeze(1)
+        inp, tap = _draw_conv(hop.backward, hop.backward_kernels, s.unit, ok, gen)
         kw = hop.axes[1].kernel
         for a, (t, ax) in enumerate(zip((tap // kw, tap % kw), hop.axes, strict=True)):
             q_lo = bounds[a][0].gather(1, t[:, None]).squeeze(1)
@@ -561,13 +574,17 @@ def _backward_hop(hop: Hop, s: _State, idx: Tensor, gen: torch.Generator) -> Non
             s.lo[a], s.hi[a] = win.start[s.lo[a]], win.end[s.hi[a]]
 
 
-def _mass(options, hop: Hop, s: _State, pool: bool) -> tuple[Tensor, Tensor]:
-    """Per walk: the |w| a hop across ``hop`` may take, and whether any choice is allowed."""
+def _mass(hop: Hop, s: _State, forward: bool) -> tuple[Tensor, Tensor]:
+    """Per walk: the |w| a hop across ``hop`` may take (forward: after the poolings before it),
+    and whether any of its choices is allowed; from the per-tap sums of |w|."""
     t = s.take(torch.arange(s.unit.numel()))
-    if pool:
+    if forward:
         _pool_forward(hop, t)
-    weights, allowed, _ = options(hop, t)
-    return weights.double().sum(1), allowed.any(1)
+    sums = hop.forward_sums if forward else hop.backward_sums  # [units, taps] / [units]
+    if hop.axes is None:
+        return sums[t.unit].double(), torch.ones(t.unit.shape, dtype=torch.bool)
+    ok = _allowed(_forward_bounds(hop, t) if forward else _backward_bounds(hop, t))[:, 0, :]
+    return (sums[t.unit] * ok).double().sum(1), ok.any(1)
 
 
 def take_shortcut(
@@ -590,11 +607,9 @@ def _branches(block: Block, s: _State, forward: bool, gen: torch.Generator):
     if not block.shortcut:  # identity: never taken (no weight to keep), as the official code
         return [(block.main, None)]
     if forward:
-        m = _mass(_forward_options, block.main[0], s, True)
-        c = _mass(_forward_options, block.shortcut[0], s, True)
+        m, c = _mass(block.main[0], s, True), _mass(block.shortcut[0], s, True)
     else:
-        m = _mass(_backward_options, block.main[-1], s, False)
-        c = _mass(_backward_options, block.shortcut[-1], s, False)
+        m, c = _mass(block.main[-1], s, False), _mass(block.shortcut[-1], s, False)
     short = take_shortcut(m, c, gen)
     return [
         (block.main, torch.nonzero(~short).squeeze(1)),
