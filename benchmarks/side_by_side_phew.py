@@ -127,9 +127,10 @@ class TinyResNet(nn.Module):
         return self.linear(self.pool(x).flatten(1))
 
 
-def compare_resnet(repo: Path, utils, sparsity: float, seeds: int) -> None:
+def compare_resnet(repo: Path, utils, sparsity: float, seeds: int) -> dict[str, float]:
     """Per-layer kept counts on TinyResNet: theirs, theirs with the BasicBlock look-ahead, ours;
-    and the share of each one's kept weights that lie on an input-output path."""
+    and the share of each one's kept weights that lie on an input-output path; returns the
+    largest per-layer relative difference of ours from theirs k+2 and the shares on a path."""
     net = TinyResNet()
     fixed = phew_utils_basic(repo)
     names = list(prunable_parameters(net))
@@ -145,6 +146,7 @@ def compare_resnet(repo: Path, utils, sparsity: float, seeds: int) -> None:
     for n in names:
         means = [np.mean([float(m[n].sum()) for m in masks]) for masks in runs.values()]
         print(f"{n:<26}{runs['ours'][0][n].numel():>6}" + "".join(f"{v:>13.1f}" for v in means))
+    got = {}
     for label, masks in runs.items():
         eff = np.mean([
             float(flat(effective_masks(net, m, INPUT_SHAPE)).sum() / flat(m).sum())
@@ -152,6 +154,12 @@ def compare_resnet(repo: Path, utils, sparsity: float, seeds: int) -> None:
         ])  # fmt: skip
         kept = [int(flat(m).sum()) for m in masks]
         print(f"{label}: kept {min(kept)}..{max(kept)}, on an input-output path {eff:.4f}")
+        got[f"effective {label}"] = float(eff)
+    layers = {r: np.array([[float(m[n].sum()) for n in names] for m in ms]).mean(0)
+              for r, ms in runs.items()}  # fmt: skip
+    diff = np.abs(layers["theirs k+2"] - layers["ours"]) / layers["ours"]
+    got["layer_rel_diff"] = float(diff.max())
+    return got
 
 
 def theirs(utils, net: nn.Module, sparsity: float, seed: int) -> dict[str, torch.Tensor]:

@@ -2,16 +2,18 @@
 chosen with probability proportional to |theta0|, the walked weights kept until the budget is met
 (docs/METHODS.md "PHEW"; official code ShreyasMalakarjunPatil/PHEW, ``Prune/phew_utils.py``).
 
-The walks run on a plain chain of Conv2d/Linear layers (VGG-style): conv layers are crossed at the
-channel level (a hop picks an output channel and one kernel tap, jointly in proportion to |w|, as
-the official two-stage draw does), and each walk carries the interval of feature-map positions it
-reaches, so a tap that would leave the walk on no position (zero padding, small maps) is never
-picked: every kept weight lies on an input-output path of the network at ``input_shape``, checked
-with :func:`~pruning_lightning.pruning.connectivity.effective_masks` at the end. Thousands of walks
-are drawn at once (one ``torch.multinomial`` per layer) from one CPU generator seeded with the
-run's seed, so every device and DDP rank draws the same mask. Exactly k weights: walks are added
-in order while they fit; the remainder, smaller than one walk, goes to the largest-|w| weights
-that connect on their own.
+The walks run on chains of Conv2d/Linear layers and residual blocks (VGG, the CIFAR ResNets,
+torchvision-style blocks): conv layers are crossed at the channel level (a hop picks an output
+channel and one kernel tap, jointly in proportion to |w|, in the official two-stage draw), and
+each walk carries the interval of feature-map positions it reaches, so a tap that would leave the
+walk on no position (zero padding, small maps) is never picked. A residual block (a module with a
+``shortcut`` or ``downsample`` child) is crossed through its main branch or its projection
+shortcut, on a fair coin as the official code tosses it; an identity shortcut is never taken.
+Every kept weight lies on an input-output path of the network at ``input_shape``, checked with
+:func:`~pruning_lightning.pruning.connectivity.effective_masks` at the end. Thousands of walks are
+drawn at once from one CPU generator seeded with the run's seed, so every device and DDP rank
+draws the same mask. Exactly k weights: walks are added in order while they fit; the remainder,
+smaller than one walk, goes to the largest-|w| weights that connect on their own.
 """
 
 from __future__ import annotations
@@ -276,7 +278,7 @@ def trace_network(
 
     def close() -> tuple:
         assert inside is not None and inside_module is not None
-        bname, members = blocks[inside_module]
+        bname = blocks[inside_module][0]
         ((shape_in, shape_out),) = block_io[inside_module]
         if not inside.main:
             raise _refuse(f"the residual block {bname} has no layer outside its shortcut")
