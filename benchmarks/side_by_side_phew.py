@@ -3,7 +3,7 @@ on the same tiny network and the same theta0.
 
 Point it at the fetched repository (a git directory or a checkout; nothing is vendored):
 
-    python benchmarks/side_by_side_phew.py --phew /path/to/PHEW [--seeds 20] [--vgg]
+    python benchmarks/side_by_side_phew.py --phew /path/to/PHEW [--seeds 20] [--vgg] [--resnet]
 
 Their ``phew_masks`` is imported and called as their ``Experiments/PHEW.py`` calls it
 (``generate_probability`` on the network, zero masks from ``generate_masks``, then
@@ -20,7 +20,11 @@ floor). The network has 3x3 convs only (their walk skips any 1x1 conv as a ResNe
 maps large enough that every kernel tap of every walk meets the image, where our position-aware
 draw is their draw exactly. ``--vgg`` also counts how many of their kept weights lie on no
 input-output path on the reduced protocol's VGG-19 (width 16, CIFAR 32x32: 2x2 maps in its last
-stage), where ours keep none such by construction.
+stage), where ours keep none such by construction. ``--resnet`` compares the per-layer counts on
+a tiny ResNet of the project's BasicBlocks (one identity block, one with a 1x1-conv projection
+shortcut), against their code as it is and against their code with the forward walk's block
+look-ahead moved from ``k + 3`` to ``k + 2`` (their index fits a Bottleneck's shortcut, three
+layers after its first conv; a BasicBlock's is two after), which is our rule.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import io
 import random
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +47,7 @@ from side_by_side_layerwise import checkout  # noqa: E402
 
 from pruning_lightning import compute_masks  # noqa: E402
 from pruning_lightning.models import vgg19  # noqa: E402
+from pruning_lightning.models.resnet import BasicBlock  # noqa: E402
 from pruning_lightning.pruning import effective_masks, prunable_parameters  # noqa: E402
 
 INPUT_SHAPE = (3, 16, 16)
@@ -79,6 +85,81 @@ def phew_utils(repo: Path):
 
     module.np = _NumpyOne()
     return module
+
+
+#: Their forward walk's block look-ahead (``Prune/phew_utils.py``, ``phew_masks``), and the same
+#: two layers ahead instead of three: the projection shortcut of a BasicBlock.
+LOOKAHEAD = (
+    """                    if k + 3 < len(weight_masks) and len(weight_masks[k+3].shape) == 4:
+                        if weight_masks[k+3].shape[2] == 1:
+                            k = k + random.choice([0,3])""",
+    """                    if k + 2 < len(weight_masks) and len(weight_masks[k+2].shape) == 4:
+                        if weight_masks[k+2].shape[2] == 1:
+                            k = k + random.choice([0,2])""",
+)
+
+
+def phew_utils_basic(repo: Path):
+    """Their ``Prune/phew_utils.py`` with the look-ahead of LOOKAHEAD moved to ``k + 2``."""
+    source = (repo / "Prune" / "phew_utils.py").read_text()
+    assert source.count(LOOKAHEAD[0]) == 1, "their phew_masks changed: update LOOKAHEAD"
+    module = types.ModuleType("phew_utils_basic")
+    sys.path.insert(0, str(repo))
+    exec(compile(source.replace(*LOOKAHEAD), "phew_utils_basic.py", "exec"), module.__dict__)
+    module.np = _NumpyOne()
+    return module
+
+
+class TinyResNet(nn.Module):
+    """Stem 3x3 conv (3 -> 8), a BasicBlock 8 -> 8 (identity shortcut), a BasicBlock 8 -> 16 with
+    stride 2 (1x1-conv projection shortcut), global pool, Linear(16, 10)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.block1, self.block2 = BasicBlock(8, 8, 1), BasicBlock(8, 16, 2)
+        self.pool, self.linear = nn.AdaptiveAvgPool2d(1), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.block1(torch.relu(self.bn1(self.conv1(x)))))
+        return self.linear(self.pool(x).flatten(1))
+
+
+def compare_resnet(repo: Path, utils, sparsity: float, seeds: int) -> dict[str, float]:
+    """Per-layer kept counts on TinyResNet: theirs, theirs with the BasicBlock look-ahead, ours;
+    and the share of each one's kept weights that lie on an input-output path; returns the
+    largest per-layer relative difference of ours from theirs k+2 and the shares on a path."""
+    net = TinyResNet()
+    fixed = phew_utils_basic(repo)
+    names = list(prunable_parameters(net))
+    runs = {
+        "theirs": [theirs(utils, net, sparsity, s) for s in range(seeds)],
+        "theirs k+2": [theirs(fixed, net, sparsity, s) for s in range(seeds)],
+        "ours": [ours(net, sparsity, s) for s in range(seeds)],
+    }
+    total = sum(m.numel() for m in runs["ours"][0].values())
+    print(f"\nTinyResNet at {sparsity}: N = {total}, k = {round((1 - sparsity) * total)}; "
+          f"{seeds} seeds each")  # fmt: skip
+    print(f"{'layer':<26}{'size':>6}" + "".join(f"{r:>13}" for r in runs))
+    for n in names:
+        means = [np.mean([float(m[n].sum()) for m in masks]) for masks in runs.values()]
+        print(f"{n:<26}{runs['ours'][0][n].numel():>6}" + "".join(f"{v:>13.1f}" for v in means))
+    got = {}
+    for label, masks in runs.items():
+        eff = np.mean([
+            float(flat(effective_masks(net, m, INPUT_SHAPE)).sum() / flat(m).sum())
+            for m in masks
+        ])  # fmt: skip
+        kept = [int(flat(m).sum()) for m in masks]
+        print(f"{label}: kept {min(kept)}..{max(kept)}, on an input-output path {eff:.4f}")
+        got[f"effective {label}"] = float(eff)
+    layers = {r: np.array([[float(m[n].sum()) for n in names] for m in ms]).mean(0)
+              for r, ms in runs.items()}  # fmt: skip
+    diff = np.abs(layers["theirs k+2"] - layers["ours"]) / layers["ours"]
+    got["layer_rel_diff"] = float(diff.max())
+    return got
 
 
 def theirs(utils, net: nn.Module, sparsity: float, seed: int) -> dict[str, torch.Tensor]:
@@ -184,9 +265,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.99])
     parser.add_argument("--vgg", action="store_true", help="also their mask on VGG-19 w16")
+    parser.add_argument("--resnet", action="store_true", help="also a tiny ResNet, per layer")
     args = parser.parse_args(argv)
-    utils = phew_utils(checkout(args.phew))
+    repo = checkout(args.phew)
+    utils = phew_utils(repo)
     torch.set_num_threads(1)
+    if args.resnet:
+        for sparsity in args.sparsities:
+            compare_resnet(repo, utils, sparsity, args.seeds)
+        return
     for sparsity in args.sparsities:
         compare(utils, sparsity, args.seeds)
     if args.vgg:

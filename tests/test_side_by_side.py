@@ -64,3 +64,17 @@ def test_phew_matches_the_official_walks_in_distribution():
     assert got["corr"] > got["corr_floor"] - 0.1
     assert abs(got["iou_same_seed"] - got["iou_ours"]) < 0.05
     assert got["their_effective"] == 1.0
+
+
+def test_phew_walks_residual_blocks_as_the_official_code_with_the_basicblock_look_ahead():
+    """benchmarks/side_by_side_phew.py --resnet at 90%: our per-layer counts on a tiny BasicBlock
+    ResNet are those of the official code with its forward look-ahead at k + 2 (docs/METHODS.md,
+    PHEW), and every kept weight of ours is on a path."""
+    spec = importlib.util.spec_from_file_location("side_by_side_phew", SCRIPT.with_name(
+        "side_by_side_phew.py"))  # fmt: skip
+    sbs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sbs)
+    path = sbs.checkout(repo("PHEW_REPO"))
+    got = sbs.compare_resnet(path, sbs.phew_utils(path), 0.9, 20)
+    assert got["layer_rel_diff"] < 0.08
+    assert got["effective ours"] == 1.0

@@ -2,16 +2,18 @@
 chosen with probability proportional to |theta0|, the walked weights kept until the budget is met
 (docs/METHODS.md "PHEW"; official code ShreyasMalakarjunPatil/PHEW, ``Prune/phew_utils.py``).
 
-The walks run on a plain chain of Conv2d/Linear layers (VGG-style): conv layers are crossed at the
-channel level (a hop picks an output channel and one kernel tap, jointly in proportion to |w|, as
-the official two-stage draw does), and each walk carries the interval of feature-map positions it
-reaches, so a tap that would leave the walk on no position (zero padding, small maps) is never
-picked: every kept weight lies on an input-output path of the network at ``input_shape``, checked
-with :func:`~pruning_lightning.pruning.connectivity.effective_masks` at the end. Thousands of walks
-are drawn at once (one ``torch.multinomial`` per layer) from one CPU generator seeded with the
-run's seed, so every device and DDP rank draws the same mask. Exactly k weights: walks are added
-in order while they fit; the remainder, smaller than one walk, goes to the largest-|w| weights
-that connect on their own.
+The walks run on chains of Conv2d/Linear layers and residual blocks (VGG, the CIFAR ResNets,
+torchvision-style blocks): conv layers are crossed at the channel level (a hop picks an output
+channel and one kernel tap, jointly in proportion to |w|, in the official two-stage draw), and
+each walk carries the interval of feature-map positions it reaches, so a tap that would leave the
+walk on no position (zero padding, small maps) is never picked. A residual block (a module with a
+``shortcut`` or ``downsample`` child) is crossed through its main branch or its projection
+shortcut, on a fair coin as the official code tosses it; an identity shortcut is never taken.
+Every kept weight lies on an input-output path of the network at ``input_shape``, checked with
+:func:`~pruning_lightning.pruning.connectivity.effective_masks` at the end. Thousands of walks are
+drawn at once from one CPU generator seeded with the run's seed, so every device and DDP rank
+draws the same mask. Exactly k weights: walks are added in order while they fit; the remainder,
+smaller than one walk, goes to the largest-|w| weights that connect on their own.
 """
 
 from __future__ import annotations
@@ -81,19 +83,61 @@ class Hop:
     axes: tuple[Axis, Axis] | None = None  # conv geometry (y, x); None for a Linear
     pools: list[tuple[Window, Window]] = field(default_factory=list)  # from the previous output
     flatten: tuple[int, int] | None = None  # the (H, W) map flattened into this Linear's input
+    shape_out: tuple = ()  # the shape of its output in the probe pass
+    column: int = -1  # its column in the walks of :func:`draw_walks` (call order)
+    forward_sums: Tensor | None = None  # forward summed over the output units: [in, taps] / [in]
+    backward_sums: Tensor | None = None  # backward summed over the input units
+    forward_kernels: Tensor | None = None  # forward summed over the taps: [in, out] (conv)
+    backward_kernels: Tensor | None = None  # backward summed over the taps: [out, in] (conv)
 
     @property
     def taps(self) -> int:
         return 1 if self.axes is None else self.axes[0].kernel * self.axes[1].kernel
 
 
-# --- the chain -----------------------------------------------------------------------------------
+# --- the network ---------------------------------------------------------------------------------
+
+#: Child names of a residual block's shortcut (the project's ``shortcut``, torchvision's
+#: ``downsample``); an empty one (``nn.Identity``, an empty ``nn.Sequential``, ``None``) is the
+#: identity.
+SHORTCUT_NAMES = ("shortcut", "downsample")
+
+
+@dataclass
+class Block:
+    """A residual block, ``out = act(main(x) + shortcut(x))``: its main branch and its shortcut,
+    chains of Conv2d layers (an empty shortcut is the identity)."""
+
+    name: str
+    main: list[Hop]
+    shortcut: list[Hop]
+
+
+@dataclass
+class Walkable:
+    """What the walks cross: plain layers and residual blocks, in call order."""
+
+    segments: list[Hop | Block]
+    hops: list[Hop]  # every layer, in call order: the columns of :func:`draw_walks`
+
+    @property
+    def shortest(self) -> int:
+        """Pruned layers on the shortest route a walk takes (identity shortcuts are not taken)."""
+        n = 0
+        for s in self.segments:
+            if isinstance(s, Hop):
+                n += s.offset is not None
+            else:
+                routes = [s.main, s.shortcut] if s.shortcut else [s.main]
+                n += min(sum(h.offset is not None for h in r) for r in routes)
+        return n
 
 
 def _refuse(why: str) -> ConfigError:
     return ConfigError(
-        f"phew walks a plain chain of Conv2d/Linear layers (VGG-style) and cannot walk this "
-        f"network: {why}. Pick another method, or a plain network (e.g. --model.backbone vgg19)."
+        f"phew walks chains of Conv2d/Linear layers and residual blocks (a main branch plus a "
+        f"'shortcut' or 'downsample' child) and cannot walk this network: {why}. Pick another "
+        "method, or a plain network (e.g. --model.backbone vgg19)."
     )
 
 
@@ -132,25 +176,67 @@ def _conv_axes(conv: nn.Conv2d, in_shape, out_shape) -> tuple[Axis, Axis]:
     return axes[0], axes[1]
 
 
-def trace_chain(
+def _blocks(model: nn.Module) -> dict[nn.Module, tuple[str, set[nn.Module]]]:
+    """The residual blocks of the module tree: a module (not the root) with a Conv2d child and a
+    child, or a ``None`` attribute, named as in SHORTCUT_NAMES -> (name, the shortcut's modules)."""
+    found: dict[nn.Module, tuple[str, set[nn.Module]]] = {}
+    for name, m in model.named_modules():
+        children = dict(m.named_children())
+        if m is model or not any(isinstance(c, nn.Conv2d) for c in children.values()):
+            continue
+        for attr in SHORTCUT_NAMES:
+            if attr in children:
+                found[m] = (name, set(children[attr].modules()))
+                break
+            if attr in m.__dict__ and m.__dict__[attr] is None:
+                found[m] = (name, set())
+                break
+    return found
+
+
+def _cuts(model, input_shape, cut: list[nn.Module], names) -> bool:
+    """True iff pruning every weight of ``cut`` leaves no input-output path."""
+    masks = {names[m]: torch.zeros_like(m.weight, dtype=torch.bool) for m in cut}
+    return not has_input_output_path(model, masks, input_shape)
+
+
+def trace_network(
     model: nn.Module, prunable: Mapping[str, nn.Parameter], input_shape: Sequence[int]
-) -> list[Hop]:
-    """The model's Conv2d/Linear layers in call order, with what lies between them; a
-    ConfigError (one line) for a network the walks cannot follow: a layer bypassed by a residual
-    shortcut or a branch, grouped or depthwise convs, shared layers, a last layer that is not a
-    Linear, or an operation between layers that is neither elementwise, a pooling nor a flatten.
+) -> Walkable:
+    """The model's Conv2d/Linear layers in call order, grouped into plain layers and residual
+    blocks (:func:`_blocks`), with what lies between them; a ConfigError (one line) for a network
+    the walks cannot follow: a layer bypassed other than by the shortcut of its block, grouped or
+    depthwise convs, shared layers, a last layer that is not a Linear, an operation between
+    layers that is neither elementwise, a pooling nor a flatten, or one inside a block that is
+    not elementwise. Probes check the block structure: with a block's main branch fully pruned
+    a path remains (the shortcut), and with the first layer of each branch pruned none does.
     """
     names = {m: f"{n}.weight" if n else "weight" for n, m in model.named_modules()}
     layers = [m for m in model.modules() if isinstance(m, PRUNABLE_MODULES)]
+    blocks = _blocks(model)
+    block_of: dict[nn.Module, nn.Module] = {}
+    for b, (bname, _) in blocks.items():
+        for m in b.modules():
+            if m is not b and m in blocks:
+                raise _refuse(f"the residual block {bname} holds another one")
+            if m is not b:
+                block_of[m] = b
     calls: list[tuple[nn.Module, tuple, tuple]] = []
+    block_io: dict[nn.Module, list[tuple[tuple, tuple]]] = {b: [] for b in blocks}
+
+    def shapes(inputs: tuple, output: object) -> tuple[tuple, tuple]:
+        shape_in = tuple(inputs[0].shape) if inputs and isinstance(inputs[0], Tensor) else ()
+        return shape_in, tuple(output.shape) if isinstance(output, Tensor) else ()
 
     def record(module: nn.Module, inputs: tuple, output: object) -> None:
-        shape_in = tuple(inputs[0].shape) if inputs and isinstance(inputs[0], Tensor) else ()
-        shape_out = tuple(output.shape) if isinstance(output, Tensor) else ()
-        calls.append((module, shape_in, shape_out))
+        calls.append((module, *shapes(inputs, output)))
+
+    def record_block(module: nn.Module, inputs: tuple, output: object) -> None:
+        block_io[module].append(shapes(inputs, output))
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(record) for m in leaves]
+    handles += [b.register_forward_hook(record_block) for b in blocks]
     param = next(iter(prunable.values()))
     try:
         with torch.no_grad(), module_modes(model, False):
@@ -166,24 +252,93 @@ def trace_chain(
             raise _refuse(f"{names[m]} is a grouped or depthwise conv (groups={m.groups})")
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             raise _refuse(f"{names[m]} pads with {m.padding_mode!r}, not zeros")
-    for m in layers:  # every layer must cut the network: else something bypasses it
-        cut = {names[m]: torch.zeros_like(m.weight, dtype=torch.bool)}
-        if has_input_output_path(model, cut, input_shape):
+        if m in block_of and not isinstance(m, nn.Conv2d):
+            raise _refuse(f"{names[m]} is a {type(m).__name__} inside a residual block")
+    for b, io in block_io.items():
+        if len(io) > 1:
+            raise _refuse(f"the residual block {blocks[b][0]} is used {len(io)} times")
+    for m in layers:  # every layer outside a block must cut the network
+        if m not in block_of and not _cuts(model, input_shape, [m], names):
             raise _refuse(
                 f"{names[m]} is not on every input-output path (a residual shortcut or a "
-                "parallel branch bypasses it)"
+                "parallel branch bypasses it, and no residual block holds it)"
             )
     offsets, start = {}, 0
     for name, p in prunable.items():
         offsets[name] = start
         start += p.numel()
 
+    segments: list[Hop | Block] = []
     hops: list[Hop] = []
     current: tuple = ()
     pools: list[tuple[Window, Window]] = []
+    inside: Block | None = None  # the block being read, its module, its pools on entry
+    inside_module: nn.Module | None = None
+    entry: list[tuple[Window, Window]] = []
+
+    def close() -> tuple:
+        assert inside is not None and inside_module is not None
+        bname = blocks[inside_module][0]
+        ((shape_in, shape_out),) = block_io[inside_module]
+        if not inside.main:
+            raise _refuse(f"the residual block {bname} has no layer outside its shortcut")
+        ends = [
+            inside.main[-1].shape_out,
+            inside.shortcut[-1].shape_out if inside.shortcut else shape_in,
+        ]
+        if any(e != shape_out for e in ends):
+            raise _refuse(
+                f"the branches of the residual block {bname} end in shapes {ends}, not its output "
+                f"{shape_out}"
+            )
+        if _cuts(model, input_shape, [names_of[h.name] for h in inside.main], names):
+            raise _refuse(f"the main branch of {bname} is not bypassed by its shortcut")
+        if inside.shortcut and not _cuts(
+            model,
+            input_shape,
+            [names_of[inside.main[0].name], names_of[inside.shortcut[0].name]],
+            names,
+        ):
+            raise _refuse(f"{bname} has a route other than its main branch and its shortcut")
+        return shape_out
+
+    names_of = {names[m]: m for m in layers}
     for module, shape_in, shape_out in calls:
+        b = block_of.get(module)
+        if inside is not None and b is not inside_module:
+            current, pools = close(), []
+            segments.append(inside)
+            inside = inside_module = None
+        if b is not None:
+            bname, members = blocks[b]
+            if inside is None:
+                ((block_in, _),) = block_io[b]
+                if not segments:
+                    raise _refuse(f"the residual block {bname} comes before any layer")
+                if current != block_in:
+                    raise _refuse(f"{bname} does not read the output of the layer before it")
+                inside, inside_module, entry, pools = Block(bname, [], []), b, pools, []
+            if isinstance(module, PRUNABLE_MODULES):
+                branch = inside.shortcut if module in members else inside.main
+                before = branch[-1].shape_out if branch else block_in
+                hop = _hop(
+                    module, names[module], offsets, shape_in, shape_out, before,
+                    [] if branch else list(entry),
+                )  # fmt: skip
+                hop.column = len(hops)
+                hops.append(hop)
+                branch.append(hop)
+            elif shape_out != shape_in:
+                raise _refuse(
+                    f"it cannot follow {type(module).__name__} ({shape_in} -> {shape_out}) "
+                    f"inside the residual block {bname}"
+                )
+            continue
         if isinstance(module, PRUNABLE_MODULES):
-            hops.append(_hop(module, names[module], offsets, shape_in, shape_out, current, pools))
+            hop = _hop(module, names[module], offsets, shape_in, shape_out, current, pools)
+            hop.column = len(hops)
+            hops.append(hop)
+            segments.append(hop)
             current, pools = shape_out, []
         elif not hops:
             continue  # before the first layer: every position of its input is reached
@@ -201,13 +356,21 @@ def trace_chain(
                 f"it cannot follow {type(module).__name__} ({shape_in} -> {shape_out}) after "
                 f"{hops[-1].name}"
             )
-    last = hops[-1]
-    if last.axes is not None or not isinstance(out, Tensor) or tuple(out.shape) != current:
+    if inside is not None:
+        current = close()
+        segments.append(inside)
+    last = segments[-1]
+    if (
+        not isinstance(last, Hop)
+        or last.axes is not None
+        or not isinstance(out, Tensor)
+        or tuple(out.shape) != current
+    ):
         raise _refuse(
-            f"the walks end at the output units of a last Linear layer, and {last.name} is not "
-            "one whose output is the network's output"
+            f"the walks end at the output units of a last Linear layer, and {hops[-1].name} is "
+            "not one whose output is the network's output"
         )
-    return hops
+    return Walkable(segments, hops)
 
 
 def _hop(module, name, offsets, shape_in, shape_out, current, pools) -> Hop:
@@ -227,6 +390,10 @@ def _hop(module, name, offsets, shape_in, shape_out, current, pools) -> Hop:
         elif current and current != shape_in:
             raise _refuse(f"{name} does not read the output of the layer before it {current}")
     hop.pools = pools
+    hop.shape_out = shape_out
+    hop.forward_sums, hop.backward_sums = hop.forward.sum(1), hop.backward.sum(1)
+    if hop.axes is not None:
+        hop.forward_kernels, hop.backward_kernels = hop.forward.sum(2), hop.backward.sum(2)
     return hop
 
 
@@ -243,20 +410,21 @@ def _uniform_below(n: Tensor, gen: torch.Generator) -> Tensor:
     return torch.minimum((u * n).long(), n - 1)
 
 
-def _draw(weights: Tensor, allowed: Tensor, gen: torch.Generator) -> Tensor:
+def _draw(weights: Tensor, allowed: Tensor | None, gen: torch.Generator) -> Tensor:
     """One index per row in proportion to ``weights``; a row of zero weights draws uniformly
-    among its ``allowed`` entries (as the official code does for an all-zero row).
+    among its ``allowed`` entries (None: all; as the official code does for an all-zero row).
 
     Inverse CDF: one uniform per row against the row's float64 cumulative sum (the first index
     whose cumulative weight reaches u in (0, total], never a zero-weight entry); one random number
     per walk instead of one per entry, as ``torch.multinomial`` draws on the CPU.
     """
-    empty = weights.sum(1) <= 0
+    cdf = weights.cumsum(1, dtype=torch.float64)
+    empty = cdf[:, -1] <= 0
     if bool(empty.any()):
         weights = weights.clone()
-        weights[empty] = allowed[empty].to(weights.dtype)
+        weights[empty] = 1.0 if allowed is None else allowed[empty].to(weights.dtype)
         weights[weights.sum(1) <= 0] = 1.0  # nothing allowed: a dead walk, dropped by the caller
-    cdf = weights.to(torch.float64).cumsum(1)
+        cdf = weights.cumsum(1, dtype=torch.float64)
     u = (1.0 - torch.rand(weights.shape[0], 1, generator=gen, dtype=torch.float64)) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(1)
 
@@ -265,129 +433,236 @@ def _allowed(bounds: list[tuple[Tensor, Tensor]]) -> Tensor:
     """[walks, 1, taps] bool: the taps whose position interval is non-empty on both axes."""
     (y_lo, y_hi), (x_lo, x_hi) = bounds
     ok = (y_lo <= y_hi)[:, :, None] & (x_lo <= x_hi)[:, None, :]
-    return ok.reshape(ok.shape[0], 1, -1)
+    return ok.reshape(ok.shape[0], 1, ok.shape[1] * ok.shape[2])
 
 
-def _forward(hops: list[Hop], seeds: Tensor, gen: torch.Generator) -> Tensor:
-    """Flat mask indices [walks, layers] of walks from the input units ``seeds`` (-1: a layer
-    not pruned, or a walk with no reachable continuation)."""
+@dataclass
+class _State:
+    """The walks of a batch (or of a sub-batch taking one branch): their rows in the result, the
+    unit each stands on, and per walk the interval of positions [lo, hi] (y, x) of the map."""
+
+    ids: Tensor
+    unit: Tensor
+    lo: Tensor | None  # [2, b]; None on a feature vector
+    hi: Tensor | None
+    alive: Tensor
+
+    def take(self, i: Tensor) -> _State:
+        def part(t):
+            return None if t is None else t[:, i].clone()
+
+        return _State(self.ids[i], self.unit[i], part(self.lo), part(self.hi), self.alive[i])
+
+    def put(self, i: Tensor, sub: _State) -> None:
+        self.unit[i] = sub.unit
+        self.alive[i] = sub.alive
+        if self.lo is not None and self.hi is not None:
+            assert sub.lo is not None and sub.hi is not None
+            self.lo[:, i], self.hi[:, i] = sub.lo, sub.hi
+
+
+def _pool_forward(hop: Hop, s: _State) -> None:
+    """Through the poolings before ``hop``: output j is reached iff its window meets [lo, hi]."""
+    for window in hop.pools:
+        for a, w in enumerate(window):
+            s.lo[a] = torch.searchsorted(w.end, s.lo[a])
+            s.hi[a] = torch.searchsorted(w.start, s.hi[a], right=True) - 1
+
+
+def _forward_bounds(hop: Hop, s: _State) -> list[tuple[Tensor, Tensor]]:
+    """Per axis: the output interval [b, kernel] each tap of ``hop`` leaves the walks on."""
+    return [
+        (
+            _ceil_div(s.lo[a][:, None] + ax.shift, ax.stride).clamp(min=0),
+            torch.div(s.hi[a][:, None] + ax.shift, ax.stride, rounding_mode="floor").clamp(
+                max=ax.n_out - 1
+            ),
+        )
+        for a, ax in enumerate(hop.axes)
+    ]
+
+
+def _backward_bounds(hop: Hop, s: _State) -> list[tuple[Tensor, Tensor]]:
+    """Per axis: the output positions [b, kernel] whose input through each tap is in the map."""
+    return [
+        (
+            torch.maximum(s.lo[a][:, None], _ceil_div(ax.shift, ax.stride)),
+            torch.minimum(
+                s.hi[a][:, None],
+                torch.div(ax.n_in - 1 + ax.shift, ax.stride, rounding_mode="floor"),
+            ),
+        )
+        for a, ax in enumerate(hop.axes)
+    ]
+
+
+def _draw_conv(
+    table: Tensor, kernels: Tensor, unit: Tensor, ok: Tensor, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """(channel, tap) per walk, jointly in proportion to ``table[unit]`` [b, channels, taps] over
+    the allowed taps ``ok`` [b, 1, taps]: the channel by its |w| summed over the allowed taps
+    (``kernels``, the sums over all taps, where every tap is allowed), then the tap within it
+    (the official two-stage draw; the law of one joint draw, with 9x shorter cumulative sums).
+    A walk with no |w| on an allowed tap draws uniformly among them."""
+    mass = kernels[unit]  # [b, channels]
+    some = torch.nonzero(~ok.all(2).squeeze(1)).squeeze(1)
+    if some.numel():
+        allowed = ok[some].transpose(1, 2).to(table.dtype)  # [b', taps, 1]
+        mass[some] = torch.bmm(table[unit[some]], allowed).squeeze(2)
+    channel = _draw(mass, None, gen)
+    tap = _draw(table[unit, channel] * ok[:, 0, :], ok[:, 0, :], gen)
+    return channel, tap
+
+
+def _forward_hop(hop: Hop, s: _State, idx: Tensor, gen: torch.Generator) -> None:
+    """One forward hop of the walks ``s`` across ``hop`` (pooling and flatten before it)."""
+    _pool_forward(hop, s)
+    if hop.flatten is not None:  # one reached position of the channel, uniformly
+        h, w = hop.flatten
+        y = s.lo[0] + _uniform_below(s.hi[0] - s.lo[0] + 1, gen)
+        x = s.lo[1] + _uniform_below(s.hi[1] - s.lo[1] + 1, gen)
+        s.unit, s.lo, s.hi = s.unit * (h * w) + y * w + x, None, None
+    n_in, taps = hop.forward.shape[0], hop.taps
+    if hop.axes is None:
+        out = _draw(hop.forward[s.unit], None, gen)
+        flat = out * n_in + s.unit
+    else:
+        bounds = _forward_bounds(hop, s)
+        ok = _allowed(bounds)
+        s.alive &= ok.any(2).squeeze(1)
+        out, tap = _draw_conv(hop.forward, hop.forward_kernels, s.unit, ok, gen)
+        kw = hop.axes[1].kernel
+        for a, t in enumerate((tap // kw, tap % kw)):
+            s.lo[a] = bounds[a][0].gather(1, t[:, None]).squeeze(1)
+            s.hi[a] = bounds[a][1].gather(1, t[:, None]).squeeze(1)
+        flat = (out * n_in + s.unit) * taps + tap
+    if hop.offset is not None:
+        idx[s.ids, hop.column] = hop.offset + flat
+    s.unit = out
+
+
+def _backward_hop(hop: Hop, s: _State, idx: Tensor, gen: torch.Generator) -> None:
+    """One backward hop of the walks ``s`` across ``hop`` (then back through flatten and
+    pooling before it)."""
+    n_in, taps = hop.backward.shape[1], hop.taps
+    if hop.axes is None:
+        inp = _draw(hop.backward[s.unit], None, gen)
+        flat = s.unit * n_in + inp
+    else:
+        bounds = _backward_bounds(hop, s)
+        ok = _allowed(bounds)
+        s.alive &= ok.any(2).squeeze(1)
+        inp, tap = _draw_conv(hop.backward, hop.backward_kernels, s.unit, ok, gen)
+        kw = hop.axes[1].kernel
+        for a, (t, ax) in enumerate(zip((tap // kw, tap % kw), hop.axes, strict=True)):
+            q_lo = bounds[a][0].gather(1, t[:, None]).squeeze(1)
+            q_hi = bounds[a][1].gather(1, t[:, None]).squeeze(1)
+            if ax.stride > 1:  # the inputs of a strided range are no interval: one of them
+                q_lo = q_hi = q_lo + _uniform_below((q_hi - q_lo + 1).clamp(min=1), gen)
+            shift = ax.shift[t]
+            s.lo[a], s.hi[a] = q_lo * ax.stride - shift, q_hi * ax.stride - shift
+        flat = (s.unit * n_in + inp) * taps + tap
+    if hop.offset is not None:
+        idx[s.ids, hop.column] = hop.offset + flat
+    s.unit = inp
+    if hop.flatten is not None:  # back to a channel and one position of its map
+        h, w = hop.flatten
+        pos = s.unit % (h * w)
+        s.unit = s.unit // (h * w)
+        s.lo = torch.stack([pos // w, pos % w])
+        s.hi = s.lo.clone()
+    for window in reversed(hop.pools):  # the inputs of the windows of [lo, hi]
+        for a, win in enumerate(window):
+            s.lo[a], s.hi[a] = win.start[s.lo[a]], win.end[s.hi[a]]
+
+
+def _mass(hop: Hop, s: _State, forward: bool) -> tuple[Tensor, Tensor]:
+    """Per walk: the |w| a hop across ``hop`` may take (forward: after the poolings before it),
+    and whether any of its choices is allowed; from the per-tap sums of |w|."""
+    t = s.take(torch.arange(s.unit.numel()))
+    if forward:
+        _pool_forward(hop, t)
+    sums = hop.forward_sums if forward else hop.backward_sums  # [units, taps] / [units]
+    if hop.axes is None:
+        return sums[t.unit].double(), torch.ones(t.unit.shape, dtype=torch.bool)
+    ok = _allowed(_forward_bounds(hop, t) if forward else _backward_bounds(hop, t))[:, 0, :]
+    return (sums[t.unit] * ok).double().sum(1), ok.any(1)
+
+
+def take_shortcut(
+    main: tuple[Tensor, Tensor], shortcut: tuple[Tensor, Tensor], gen: torch.Generator
+) -> Tensor:
+    """Which walks take a block's projection shortcut, from each branch's (|w| mass, allowed)
+    at its first hop (last, walking backward): a fair coin, as the official code's
+    ``random.choice``, between the branches with some |w| to follow; with |w| on one branch only,
+    that one; with none on either, the coin between the allowed ones."""
+    coin = torch.rand(main[0].shape, generator=gen, dtype=torch.float64) < 0.5
+    positive_m, positive_s = main[0] > 0, shortcut[0] > 0
+    some = positive_m | positive_s
+    can_m = torch.where(some, positive_m, main[1])
+    can_s = torch.where(some, positive_s, shortcut[1])
+    return can_s & (~can_m | coin)
+
+
+def _branches(block: Block, s: _State, forward: bool, gen: torch.Generator):
+    """The sub-batches of ``s`` down the main branch and down the shortcut, as (hops, index)."""
+    if not block.shortcut:  # identity: never taken (no weight to keep), as the official code
+        return [(block.main, None)]
+    if forward:
+        m, c = _mass(block.main[0], s, True), _mass(block.shortcut[0], s, True)
+    else:
+        m, c = _mass(block.main[-1], s, False), _mass(block.shortcut[-1], s, False)
+    short = take_shortcut(m, c, gen)
+    return [
+        (block.main, torch.nonzero(~short).squeeze(1)),
+        (block.shortcut, torch.nonzero(short).squeeze(1)),
+    ]
+
+
+def _walk(net: Walkable, s: _State, idx: Tensor, forward: bool, gen: torch.Generator) -> None:
+    segments = net.segments if forward else net.segments[::-1]
+    for seg in segments:
+        if isinstance(seg, Hop):
+            (_forward_hop if forward else _backward_hop)(seg, s, idx, gen)
+            continue
+        for hops, i in _branches(seg, s, forward, gen):
+            if i is not None and i.numel() == 0:
+                continue
+            sub = s if i is None else s.take(i)
+            for hop in hops if forward else hops[::-1]:
+                (_forward_hop if forward else _backward_hop)(hop, sub, idx, gen)
+            if i is not None:
+                s.put(i, sub)
+
+
+def _start(net: Walkable, seeds: Tensor, forward: bool) -> _State:
     b = seeds.numel()
-    idx = torch.full((b, len(hops)), -1, dtype=torch.long)
-    alive = torch.ones(b, dtype=torch.bool)
-    unit = seeds
-    lo = hi = None  # [2, b]: the interval of positions (y, x) reached, in the current map
-    if hops[0].axes is not None:
+    lo = hi = None  # forward: every position of the input is reached
+    first = net.hops[0]
+    if forward and first.axes is not None:
         lo = torch.zeros(2, b, dtype=torch.long)
-        hi = torch.tensor([a.n_in - 1 for a in hops[0].axes])[:, None].expand(2, b).clone()
-    for layer, hop in enumerate(hops):
-        for window in hop.pools:  # output j is reached iff its window meets [lo, hi]
-            for a, w in enumerate(window):
-                lo[a] = torch.searchsorted(w.end, lo[a])
-                hi[a] = torch.searchsorted(w.start, hi[a], right=True) - 1
-        if hop.flatten is not None:  # one reached position of the channel, uniformly
-            h, w = hop.flatten
-            y = lo[0] + _uniform_below(hi[0] - lo[0] + 1, gen)
-            x = lo[1] + _uniform_below(hi[1] - lo[1] + 1, gen)
-            unit, lo, hi = unit * (h * w) + y * w + x, None, None
-        rows = hop.forward[unit]  # [b, out, taps]
-        n_in, n_out, taps = hop.forward.shape[0], hop.forward.shape[1], hop.taps
-        if hop.axes is None:
-            out = _draw(rows, torch.ones_like(rows, dtype=torch.bool), gen)
-            flat = out * n_in + unit
-        else:
-            bounds = [  # per axis: output interval per tap, [b, kernel]
-                (
-                    _ceil_div(lo[a][:, None] + ax.shift, ax.stride).clamp(min=0),
-                    torch.div(hi[a][:, None] + ax.shift, ax.stride, rounding_mode="floor").clamp(
-                        max=ax.n_out - 1
-                    ),
-                )
-                for a, ax in enumerate(hop.axes)
-            ]
-            ok = _allowed(bounds)
-            alive &= ok.any(2).squeeze(1)
-            choice = _draw(
-                (rows * ok).reshape(b, -1), ok.expand(b, n_out, taps).reshape(b, -1), gen
-            )
-            out, tap = choice // taps, choice % taps
-            kw = hop.axes[1].kernel
-            for a, t in enumerate((tap // kw, tap % kw)):
-                lo[a] = bounds[a][0].gather(1, t[:, None]).squeeze(1)
-                hi[a] = bounds[a][1].gather(1, t[:, None]).squeeze(1)
-            flat = (out * n_in + unit) * taps + tap
-        if hop.offset is not None:
-            idx[:, layer] = hop.offset + flat
-        unit = out
-    idx[~alive] = -1
-    return idx
+        hi = torch.tensor([a.n_in - 1 for a in first.axes])[:, None].expand(2, b).clone()
+    return _State(torch.arange(b), seeds, lo, hi, torch.ones(b, dtype=torch.bool))
 
 
-def _backward(hops: list[Hop], seeds: Tensor, gen: torch.Generator) -> Tensor:
-    """As :func:`_forward`, from the output units ``seeds`` of the last Linear to the input."""
-    b = seeds.numel()
-    idx = torch.full((b, len(hops)), -1, dtype=torch.long)
-    alive = torch.ones(b, dtype=torch.bool)
-    unit = seeds
-    lo = hi = None  # [2, b]: positions of the current map that reach the output
-    for layer in range(len(hops) - 1, -1, -1):
-        hop = hops[layer]
-        rows = hop.backward[unit]  # [b, in, taps]
-        n_in, taps = hop.backward.shape[1], hop.taps
-        if hop.axes is None:
-            inp = _draw(rows, torch.ones_like(rows, dtype=torch.bool), gen)
-            flat = unit * n_in + inp
-        else:
-            bounds = [  # per axis and tap: the output positions whose input is in the map
-                (
-                    torch.maximum(lo[a][:, None], _ceil_div(ax.shift, ax.stride)),
-                    torch.minimum(
-                        hi[a][:, None],
-                        torch.div(ax.n_in - 1 + ax.shift, ax.stride, rounding_mode="floor"),
-                    ),
-                )
-                for a, ax in enumerate(hop.axes)
-            ]
-            ok = _allowed(bounds)
-            alive &= ok.any(2).squeeze(1)
-            choice = _draw((rows * ok).reshape(b, -1), ok.expand(b, n_in, taps).reshape(b, -1), gen)
-            inp, tap = choice // taps, choice % taps
-            kw = hop.axes[1].kernel
-            for a, (t, ax) in enumerate(zip((tap // kw, tap % kw), hop.axes, strict=True)):
-                q_lo = bounds[a][0].gather(1, t[:, None]).squeeze(1)
-                q_hi = bounds[a][1].gather(1, t[:, None]).squeeze(1)
-                if ax.stride > 1:  # the inputs of a strided range are no interval: one of them
-                    q_lo = q_hi = q_lo + _uniform_below((q_hi - q_lo + 1).clamp(min=1), gen)
-                shift = ax.shift[t]
-                lo[a], hi[a] = q_lo * ax.stride - shift, q_hi * ax.stride - shift
-            flat = (unit * n_in + inp) * taps + tap
-        if hop.offset is not None:
-            idx[:, layer] = hop.offset + flat
-        unit = inp
-        if hop.flatten is not None:  # back to a channel and one position of its map
-            h, w = hop.flatten
-            pos = unit % (h * w)
-            unit = unit // (h * w)
-            lo = torch.stack([pos // w, pos % w])
-            hi = lo.clone()
-        for window in reversed(hop.pools):  # the inputs of the windows of [lo, hi]
-            for a, win in enumerate(window):
-                lo[a], hi[a] = win.start[lo[a]], win.end[hi[a]]
-    idx[~alive] = -1
-    return idx
-
-
-def draw_walks(hops: list[Hop], first: int, count: int, gen: torch.Generator) -> Tensor:
+def draw_walks(net: Walkable, first: int, count: int, gen: torch.Generator) -> Tensor:
     """Walks ``first .. first + count - 1`` of the official order, as flat mask indices
-    [count, layers]: even walks forward from the input units, odd walks backward from the output
-    units, each side's start unit round-robin (walk 2i forward from input unit i mod n_in)."""
-    n_in, n_out = hops[0].forward.shape[0], hops[-1].backward.shape[0]
+    [count, layers] (columns: ``net.hops``; -1: a layer the walk does not cross or does not
+    prune, or a walk with no reachable continuation): even walks forward from the input units,
+    odd walks backward from the output units, each side's start unit round-robin (walk 2i
+    forward from input unit i mod n_in)."""
+    n_in, n_out = net.hops[0].forward.shape[0], net.hops[-1].backward.shape[0]
     number = torch.arange(first, first + count)
-    fwd, bwd = number[number % 2 == 0], number[number % 2 == 1]
-    idx = torch.empty((count, len(hops)), dtype=torch.long)
-    if fwd.numel():
-        idx[number % 2 == 0] = _forward(hops, (fwd // 2) % n_in, gen)
-    if bwd.numel():
-        idx[number % 2 == 1] = _backward(hops, (bwd // 2) % n_out, gen)
+    idx = torch.full((count, len(net.hops)), -1, dtype=torch.long)
+    for forward, side in ((True, number % 2 == 0), (False, number % 2 == 1)):
+        if not bool(side.any()):
+            continue
+        seeds = (number[side] // 2) % (n_in if forward else n_out)
+        part = torch.full((seeds.numel(), len(net.hops)), -1, dtype=torch.long)
+        s = _start(net, seeds, forward)
+        _walk(net, s, part, forward, gen)
+        part[~s.alive] = -1
+        idx[side] = part
     return idx
 
 
@@ -419,12 +694,13 @@ def phew_mask(
     total = sum(p.numel() for p in prunable.values())
     if k == total:
         return torch.ones(total, dtype=torch.bool)  # sparsity 0: nothing is pruned
-    hops = trace_chain(model, prunable, input_shape)
-    per_walk = sum(h.offset is not None for h in hops)
+    net = trace_network(model, prunable, input_shape)
+    per_walk = net.shortest
     if k < per_walk:
         raise ConfigError(
             f"phew keeps whole input-output paths, one pruned weight in each of {per_walk} "
-            f"layers, and sparsity leaves only k = {k} weights: use a lower sparsity."
+            f"layers on the shortest, and sparsity leaves only k = {k} weights: use a lower "
+            "sparsity."
         )
     dense = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable.items()}
     reachable = sum(int(m.sum()) for m in effective_masks(model, dense, input_shape).values())
@@ -435,7 +711,7 @@ def phew_mask(
             f"only meets zero padding, e.g. on a 1x1 map, lies on none); k = {k} needs more: use "
             f"sparsity >= {math.ceil((1 - reachable / total) * 1e4) / 1e4:g}."
         )
-    widest = max(h.forward.shape[1] * h.taps for h in hops)
+    widest = max(max(h.forward.shape[1], h.backward.shape[1]) * h.taps for h in net.hops)
     most = max(2, min(WALK_BATCH, _HOP_FLOATS // widest) // 2 * 2)
     gen = torch.Generator().manual_seed(seed)
     mask = torch.zeros(total, dtype=torch.bool)
@@ -443,7 +719,7 @@ def phew_mask(
     while kept < k and stalls < _STALLS:
         # about twice the walks the rest of the budget takes if no weight repeats; even
         batch = min(most, max(64, -(-2 * (k - kept) // per_walk)) // 2 * 2)
-        idx = draw_walks(hops, walks, batch, gen)
+        idx = draw_walks(net, walks, batch, gen)
         walks += batch
         new = new_weights(idx, mask)
         fits = int((kept + new.sum(1).cumsum(0) <= k).sum())  # walks in order, while they fit

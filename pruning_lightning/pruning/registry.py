@@ -41,8 +41,9 @@ class Criterion:
             another random draw: the ``invert`` ablation refuses such a method).
         options: the :class:`PruningConfig` fields only this method reads; another method
             refuses a non-default value of them.
-        plain_chain: the method walks a plain chain of Conv2d/Linear layers (PHEW) and refuses
-            residual, branching and grouped networks with a ConfigError.
+        layer_walk: the method walks the network layer by layer, through residual blocks (PHEW),
+            and refuses grouped or depthwise convs and other branching networks with a
+            one-line ConfigError (MobileNetV2: depthwise convs).
     """
 
     name: str
@@ -57,7 +58,7 @@ class Criterion:
     score_dtype: torch.dtype = torch.float32
     ranked: bool = True
     options: tuple[str, ...] = ()
-    plain_chain: bool = False
+    layer_walk: bool = False
 
 
 _CRITERIA: dict[str, Criterion] = {}
@@ -132,4 +133,4 @@ register(Criterion("ntk_sap", ntk_sap.ntk_sap_score, "NTK-SAP", "#bcbd22", needs
                    default_steps=ntk_sap.DEFAULT_STEPS, progressive=True,
                    resurrect=False))  # fmt: skip
 register(Criterion("phew", phew.phew_score, "PHEW", "#7b4173", needs_data=False, ranked=False,
-                   plain_chain=True))  # fmt: skip
+                   layer_walk=True))  # fmt: skip
