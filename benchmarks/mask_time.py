@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pruning_lightning.callback import PruningCallback
 from pruning_lightning.models import build_backbone
-from pruning_lightning.pruning import method_names
+from pruning_lightning.pruning import get_criterion, method_names
 from pruning_lightning.pruning.batches import seeded_loader
 from pruning_lightning.pruning.engine import PruningResult
 
@@ -79,7 +79,9 @@ def amp_dtype(args: argparse.Namespace) -> torch.dtype | None:
 
 
 def fit_result(model, data, method: str, args: argparse.Namespace, steps: int) -> PruningResult:
-    """The callback's mask computation, as `fit` runs it (under ``--amp``'s autocast if set)."""
+    """The callback's mask computation, as `fit` runs it (under ``--amp``'s autocast if set);
+    a one-shot method gets no ``steps`` (it would only warn that it ignores them)."""
+    steps = steps if get_criterion(method).progressive else None
     callback = PruningCallback(
         method=method, sparsity=args.sparsity, steps=steps, num_batches=args.num_batches, seed=0
     )
