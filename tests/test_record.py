@@ -13,7 +13,7 @@ from conftest import fit
 
 from pruning_lightning import record as run_record
 from pruning_lightning.analysis.backfill import main as backfill_main
-from pruning_lightning.analysis.results import read_run
+from pruning_lightning.analysis.results import find_log_dir, read_run
 from pruning_lightning.callback import PruningCallback
 from pruning_lightning.cli import main
 from pruning_lightning.pruning.config import PruningConfig
@@ -152,8 +152,8 @@ def test_backfill_options_resolves_a_run_folder(tmp_path, capsys):
 
 @pytest.mark.parametrize("run", sorted(REPRO_RUNS.glob("*-s0.9*")), ids=lambda p: p.name)
 def test_committed_reproduction_records_are_resolved(run):
-    (path,) = run.rglob("pruning.json")
-    written = read_record(path)
+    # the finished attempt's record (a resumed run has an earlier, unfinished version locally)
+    written = read_record(find_log_dir(run) / "pruning.json")
     config = PruningConfig(written.method, written.sparsity)
     assert written.schema == run_record.SCHEMA
     assert written.steps == config.steps  # the default T the runs used
