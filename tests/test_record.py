@@ -153,7 +153,10 @@ def test_backfill_options_resolves_a_run_folder(tmp_path, capsys):
 @pytest.mark.parametrize("run", sorted(REPRO_RUNS.glob("*-s0.9*")), ids=lambda p: p.name)
 def test_committed_reproduction_records_are_resolved(run):
     # the finished attempt's record (a resumed run has an earlier, unfinished version locally)
-    written = read_record(find_log_dir(run) / "pruning.json")
+    log_dir = find_log_dir(run)
+    if log_dir is None:
+        pytest.skip(f"{run.name} is still running here (a clone holds finished runs only)")
+    written = read_record(log_dir / "pruning.json")
     config = PruningConfig(written.method, written.sparsity)
     assert written.schema == run_record.SCHEMA
     assert written.steps == config.steps  # the default T the runs used
