@@ -170,16 +170,22 @@ def magnitude_score(ctx: ScoreContext) -> ScoreFn:
     return step
 
 
+def example_shape(ctx: ScoreContext, method: str) -> tuple[int, ...]:
+    """The shape of one example for a data-free method: ``input_shape`` if given, else read off
+    one data batch (which it then consumes)."""
+    if ctx.config.input_shape is not None:
+        return tuple(ctx.config.input_shape)
+    if ctx.stream is None:
+        raise ConfigError(
+            f"{method} without data needs input_shape, the shape of one example, e.g. "
+            f"compute_masks(model, None, '{method}', 0.99, input_shape=(3, 32, 32))."
+        )
+    return tuple(ctx.stream.next()[0].shape[1:])
+
+
 def synflow_score(ctx: ScoreContext) -> ScoreFn:
     """SynFlow: ``|w * dR/dw|`` of the linearised network at ``|theta0| * m_{t-1}``."""
-    input_shape = ctx.config.input_shape
-    if input_shape is None:
-        if ctx.stream is None:
-            raise ConfigError(
-                "synflow without data needs input_shape, the shape of one example, "
-                "e.g. (3, 32, 32)."
-            )
-        input_shape = tuple(ctx.stream.next()[0].shape[1:])
+    input_shape = example_shape(ctx, "synflow")
     synflow = SynFlowNetwork(ctx.model, ctx.prunable, input_shape)
 
     def step(t: int, prev: list[Tensor] | None, views: list[Tensor]) -> None:

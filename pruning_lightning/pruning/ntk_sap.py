@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
-from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.ablations import network_init
+from pruning_lightning.pruning.criteria import example_shape
 from pruning_lightning.pruning.network import module_modes
 
 if TYPE_CHECKING:
@@ -143,14 +143,7 @@ def ntk_sap_score(ctx: ScoreContext) -> ScoreFn:
     """NTK-SAP: ``|d/dm|`` of the objective summed over ``num_batches`` rounds (R) of draws at
     ``m_{t-1}``; data-free (the input shape comes from ``input_shape`` or one data batch)."""
     config = ctx.config
-    input_shape = config.input_shape
-    if input_shape is None:
-        if ctx.stream is None:
-            raise ConfigError(
-                "ntk_sap without data needs input_shape, the shape of one example, "
-                "e.g. (3, 32, 32)."
-            )
-        input_shape = tuple(ctx.stream.next()[0].shape[1:])
+    input_shape = example_shape(ctx, "ntk_sap")
     model, names = ctx.model, list(ctx.prunable)
     theta0 = ctx.theta0
     device, dtype = theta0[0].device, theta0[0].dtype

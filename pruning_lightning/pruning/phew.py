@@ -31,7 +31,7 @@ from pruning_lightning.pruning.connectivity import (
     has_input_output_path,
     path_weights,
 )
-from pruning_lightning.pruning.criteria import ScoreContext
+from pruning_lightning.pruning.criteria import ScoreContext, example_shape
 from pruning_lightning.pruning.layerwise import kept_total
 from pruning_lightning.pruning.masks import PRUNABLE_MODULES, TopKSelector, split_flat
 from pruning_lightning.pruning.network import module_modes
@@ -772,14 +772,7 @@ def _fill(
 def phew_score(ctx: ScoreContext) -> ScoreFn:
     """The score factory: 1 on the PHEW mask, 0 elsewhere (exactly k ones, so the global top-k
     keeps exactly the mask). The walks run once, here, before any step."""
-    input_shape = ctx.config.input_shape
-    if input_shape is None:
-        if ctx.stream is None:
-            raise ConfigError(
-                "phew without data needs input_shape, the shape of one example, e.g. "
-                "compute_masks(model, None, 'phew', 0.99, input_shape=(3, 32, 32))."
-            )
-        input_shape = tuple(ctx.stream.next()[0].shape[1:])
+    input_shape = example_shape(ctx, "phew")
     shapes = [p.shape for p in ctx.prunable.values()]
     seed = ctx.config.seed
     assert seed is not None  # run_pruning refuses an unresolved seed
