@@ -5,7 +5,9 @@ The pipeline is the one ``fit`` runs: ``ImageNetDataModule.train_dataloader()`` 
 decode, RandomResizedCrop 224 + flip fused, uint8 collation, ``num_workers`` worker processes;
 the float conversion and Normalize happen on the device, in the classifier, and are not timed
 here). The baseline is the bare decode (``PIL.Image.open(f).convert("RGB")``) in this one
-process, the median of ``--rounds`` passes, and torchvision's ``decode_jpeg`` for comparison.
+process, and torchvision's ``decode_jpeg`` for comparison. ``--rounds`` alternate the decodes and
+the pipeline (fresh workers each round); the ratio is the median of the per-round ratios, so a
+slow spell of the machine hits both sides of one ratio.
 Give the workers fewer processes than cores (``--workers 1`` on 2 cores) to measure what a
 worker does on a node, where the main process has a core of its own. From the per-worker rate
 it prints how many workers a GPU needs for a training step rate:
@@ -105,13 +107,18 @@ def decode_rate(paths: list[str], decoder: str) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def pipeline_rate(data_dir: Path, workers: int, batch_size: int, batches: int) -> float:
-    """Images/s of the training loader ``fit`` uses, after its workers have started."""
+def training_loader(data_dir: Path, workers: int, batch_size: int) -> torch.utils.data.DataLoader:
+    """The training loader ``fit`` uses, on ``data_dir``."""
     dm = ImageNetDataModule(
         str(data_dir), batch_size=batch_size, num_workers=workers, val_fraction=0.01
     )
     dm.setup("fit")
-    loader = dm.train_dataloader()
+    return dm.train_dataloader()
+
+
+def pipeline_rate(loader: torch.utils.data.DataLoader, batches: int) -> float:
+    """Images/s of ``loader`` after its workers have started (fresh workers each call, stopped
+    after it, so nothing is prefetched while something else is timed)."""
     it = iter(loader)
     next(it)  # worker start-up and the first batch are not the steady state
     seen, start = 0, time.perf_counter()
@@ -122,7 +129,9 @@ def pipeline_rate(data_dir: Path, workers: int, batch_size: int, batches: int) -
             it = iter(loader)
             x, _ = next(it)
         seen += len(x)
-    return seen / (time.perf_counter() - start)
+    rate = seen / (time.perf_counter() - start)
+    del it  # shuts the workers down
+    return rate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-class", type=int, default=100,
         help="stand-in images per class (enough that the timed batches are one epoch)",
     )  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=3, help="passes of each bare decode")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="alternating rounds of bare decode and pipeline; the ratio is their median",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=20, help="timed batches of the pipeline")
@@ -170,14 +182,22 @@ def measure(args: argparse.Namespace) -> dict:
         ]
         size_kb = float(np.mean([os.path.getsize(p) for p in files]) / 1e3)
         decode_rate(files[:20], "pil")  # page cache and decoder warm for both
-        rounds = max(getattr(args, "rounds", 3), 1)
-        pil = float(np.median([decode_rate(files, "pil") for _ in range(rounds)]))
-        tv = float(np.median([decode_rate(files, "torchvision") for _ in range(rounds)]))
-        rate = pipeline_rate(data_dir, args.workers, args.batch_size, args.batches)
+        loader = training_loader(data_dir, args.workers, args.batch_size)
+        pil, tv, rate, ratio = [], [], [], []
+        for _ in range(max(getattr(args, "rounds", 3), 1)):
+            pil.append(decode_rate(files, "pil"))
+            tv.append(decode_rate(files, "torchvision"))
+            rate.append(pipeline_rate(loader, args.batches))
+            ratio.append(rate[-1] / pil[-1])
     return {
         "source": source, "files": len(files), "mean_kb": size_kb, "workers": args.workers,
-        "batch_size": args.batch_size, "decode_pil": pil, "decode_torchvision": tv,
-        "pipeline": rate, "per_worker": rate / max(args.workers, 1),
+        "batch_size": args.batch_size, "rounds": len(ratio),
+        "decode_pil": float(np.median(pil)), "decode_torchvision": float(np.median(tv)),
+        "pipeline": float(np.median(rate)),
+        "per_worker": float(np.median(rate)) / max(args.workers, 1),
+        # the median of the per-round ratios, each pipeline round against the decode right before
+        "per_worker_ratio": float(np.median(ratio)) / max(args.workers, 1),
+        "per_worker_ratio_range": [r / max(args.workers, 1) for r in (min(ratio), max(ratio))],
     }  # fmt: skip
 
 
@@ -195,8 +215,16 @@ def main() -> None:
     print(f"{'bare decode, PIL, 1 process (baseline)':<44} {pil:>9.0f} {1:>6.2f}")
     print(f"{'bare decode, torchvision.io.decode_jpeg':<44} {tv:>9.0f} {tv / pil:>6.2f}")
     label = f"training pipeline, {args.workers} workers"
-    print(f"{label:<44} {rate:>9.0f} {rate / pil:>6.2f}")
-    print(f"{'  per worker':<44} {per_worker:>9.0f} {per_worker / pil:>6.2f}")
+    print(f"{label:<44} {rate:>9.0f} {r['per_worker_ratio'] * max(args.workers, 1):>6.2f}")
+    low, high = r["per_worker_ratio_range"]
+    print(
+        f"{'  per worker':<44} {per_worker:>9.0f} {r['per_worker_ratio']:>6.2f}"
+        f"  (rounds: {low:.2f}-{high:.2f})"
+    )
+    print(
+        f"(rates: medians of {r['rounds']} alternating rounds; ratios: median of the per-round "
+        "ratios against the PIL decode of the same round)"
+    )
     print(
         f"\nworkers per GPU at batch {args.device_batch} (from {per_worker:.0f} images/s/worker):"
     )

@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 from pruning_lightning.callback import PruningCallback
 from pruning_lightning.classifier import ImageClassifier
 from pruning_lightning.data import CIFAR10DataModule, ImageNetDataModule, TinyImageNetDataModule
-from pruning_lightning.data.base import ImageDataModule
+from pruning_lightning.data.base import ImageDataModule, collate_images
 from pruning_lightning.errors import ConfigError
 from pruning_lightning.pruning.batches import seeded_loader
 
@@ -80,10 +80,14 @@ def tiny_classifier(dm: ImageDataModule) -> ImageClassifier:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["force", "snip", "grasp"])
-def test_same_mask_from_uint8_batches_as_from_the_float_pipeline(tmp_path, method):
-    """The callback's own path: a seeded saliency loader over the datamodule's training set."""
-    dm = random_cifar(tmp_path)
+@pytest.mark.parametrize(
+    "method, name",
+    [("force", "cifar10"), ("snip", "cifar10"), ("grasp", "cifar10"), ("force", "imagenet")],
+)
+def test_same_mask_from_uint8_batches_as_from_the_float_pipeline(tmp_path, method, name):
+    """The callback's own path: a seeded saliency loader over the datamodule's training set
+    (ImageNet's batches are stacked channels-last, see test_collate_images_...)."""
+    dm = datamodule(name, tmp_path)
     model = tiny_classifier(dm)
     steps = 3 if method == "force" else None
     masks = {}
@@ -95,6 +99,27 @@ def test_same_mask_from_uint8_batches_as_from_the_float_pipeline(tmp_path, metho
         masks[path] = callback.compute(model, seeded_loader(dm.train_dataloader(), seed=0)).masks
     for name, mask in masks["uint8"].items():
         assert torch.equal(mask, masks["float"][name]), name
+
+
+def test_collate_images_stacks_height_width_channel_images_as_they_lie():
+    """The decoder's and the channels-last crop's images (HWC in memory) become an (N, C, H, W)
+    batch that is channels-last in memory, equal to default_collate's; Normalize then hands the
+    network the contiguous tensor it had before, with the same numbers."""
+    torch.manual_seed(0)
+    hwc = [torch.randint(0, 256, (5, 7, 3), dtype=torch.uint8).permute(2, 0, 1) for _ in range(4)]
+    batch = [(image, label) for label, image in enumerate(hwc)]
+    pixels, labels = collate_images(batch)
+    expected, expected_labels = torch.utils.data.default_collate(batch)
+    assert pixels.shape == (4, 3, 5, 7)
+    assert pixels.is_contiguous(memory_format=torch.channels_last) and not pixels.is_contiguous()
+    assert torch.equal(pixels, expected) and torch.equal(labels, expected_labels)
+    normalize = ImageDataModule.normalizer(CIFAR10DataModule(data_dir="unused"))
+    out = normalize(pixels)
+    assert out.is_contiguous()
+    assert torch.equal(out, normalize(expected.contiguous()))
+    # contiguous (C, H, W) images (CIFAR's padded crops) and floats: default_collate's batch
+    for other in ([(x.contiguous(), 0) for x in hwc], [(x.float(), 0) for x in hwc]):
+        assert collate_images(other)[0].is_contiguous()
 
 
 def test_classifier_normalises_uint8_and_leaves_floats_alone(tmp_path):

@@ -27,12 +27,16 @@ import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from pruning_lightning.data.normalize import Normalize
+
+try:  # torchvision 0.29 deprecates its image decoders; without them, PIL decodes
+    from torchvision.io import ImageReadMode, decode_image, read_file
+except ImportError:  # pragma: no cover - a future torchvision
+    decode_image = None
 from pruning_lightning.errors import ConfigError
 
 
@@ -95,12 +99,35 @@ def decode_rgb(path: str) -> torch.Tensor:
     gives PIL's pixels bit for bit (tested) but faster, and the tensor transforms after it skip
     a PIL image altogether: the ImageNet loader's worker then does about 1.25x the images/s. A
     format torchvision does not read (BMP, TIFF, ...) goes through PIL; a file neither reads
-    stops with :func:`load_rgb`'s message, naming it.
+    stops with :func:`load_rgb`'s message, naming it. A torchvision without image decoders
+    (they are deprecated since 0.29) leaves it all to PIL.
     """
+    if decode_image is None:  # pragma: no cover - a future torchvision
+        return pil_to_tensor(load_rgb(path))
     try:
         return decode_image(read_file(path), mode=ImageReadMode.RGB)
     except RuntimeError:
         return pil_to_tensor(load_rgb(path))
+
+
+def collate_images(batch: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """``default_collate``, but uint8 images that lie height-width-channel in memory (what the
+    JPEG decoder and the channels-last crop give) are stacked as they lie: a plain copy per image in
+    the worker instead of a transposing one. The batch keeps its ``(N, C, H, W)`` shape;
+    :class:`Normalize` makes it contiguous on the device, so the network sees the same tensor.
+    """
+    images = [sample[0] for sample in batch]
+    if all(
+        isinstance(x, torch.Tensor)
+        and x.dtype == torch.uint8  # float batches reach the network as they are: contiguous
+        and x.dim() == 3
+        and x.permute(1, 2, 0).is_contiguous()
+        and not x.is_contiguous()
+        for x in images
+    ):
+        hwc = default_collate([(x.permute(1, 2, 0), *rest) for x, *rest in batch])
+        return [hwc[0].permute(0, 3, 1, 2), *hwc[1:]]
+    return default_collate(batch)
 
 
 class ImageList(Dataset):
@@ -316,6 +343,7 @@ class ImageDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
+            collate_fn=collate_images,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )

@@ -59,6 +59,9 @@ class Normalize(nn.Module):
                 f"uint8 images of shape {tuple(x.shape)} do not have the {len(self.mean)} "
                 f"channels of mean {tuple(self.mean)}: check --data against --model."
             )
+        # a loader may stack images channels-last (data.base.collate_images): the network gets
+        # the contiguous layout it always had, and the same numbers
+        x = x.contiguous()
         return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), self.mean, self.std)
 
     def extra_repr(self) -> str:
