@@ -650,6 +650,7 @@ def _md_data_throughput(rows: list[dict]) -> list[str]:
     lines = []
     for r in rows:
         pil = r["decode_pil"]
+        low, high = r["per_worker_ratio_range"]
         lines += [
             f"{r['source']}, {r['files']} files of {r['mean_kb']:.0f} kB on average, "
             f"batch {r['batch_size']}:",
@@ -666,9 +667,13 @@ def _md_data_throughput(rows: list[dict]) -> list[str]:
                     [
                         f"training pipeline, {r['workers']} workers",
                         f"{r['pipeline']:.0f}",
-                        _f(r["pipeline"] / pil, 2),
+                        _f(r["per_worker_ratio"] * r["workers"], 2),
                     ],
-                    ["per worker", f"{r['per_worker']:.0f}", _f(r["per_worker"] / pil, 2)],
+                    [
+                        "per worker (median of the per-round ratios, their range)",
+                        f"{r['per_worker']:.0f}",
+                        f"{r['per_worker_ratio']:.2f} ({low:.2f}-{high:.2f})",
+                    ],
                 ],
             ),
         ]
