@@ -299,9 +299,22 @@ class TwoRoutes(nn.Module):
         return self.conv1(x) + self.shortcut(x) + self.side(x)
 
 
-def blocked(block: nn.Module) -> nn.Sequential:
+class UnusedShortcut(nn.Module):
+    """A 'block' with a shortcut child that its forward never adds: nothing bypasses conv1."""
+
+    def __init__(self, add: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.shortcut = nn.Identity()
+        self.add = add
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x) + self.shortcut(x) if self.add else self.conv1(x)
+
+
+def blocked(*blocks: nn.Module) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(4, 4, 3, padding=1), block, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(4, 4, 3, padding=1), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(4, 2),
     )  # fmt: skip
 
@@ -313,13 +326,18 @@ def blocked(block: nn.Module) -> nn.Sequential:
         (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(16, 2)), "grouped"),
         (blocked(GroupedBlock()), "1.conv1.weight is a grouped or depthwise conv"),
         (blocked(TwoRoutes()), "1 has a route other than its main branch and its shortcut"),
+        (blocked(UnusedShortcut(True), UnusedShortcut(False), UnusedShortcut(True)),
+         "the main branch of 2 is not bypassed by its shortcut"),
         (nn.Sequential(nn.Conv2d(4, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
          "last Linear"),
         (nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.ReLU(), nn.Unflatten(1, (4, 1, 1)),
                        nn.Conv2d(4, 2, 1), nn.Flatten(), nn.Linear(2, 2)),
          "cannot follow Unflatten"),
     ],
-    ids=["residual", "grouped", "grouped_in_block", "two_routes", "conv_last", "unflatten"],
+    ids=[
+        "residual", "grouped", "grouped_in_block", "two_routes", "not_bypassed", "conv_last",
+        "unflatten",
+    ],
 )  # fmt: skip
 def test_networks_it_cannot_walk_are_refused_in_one_line(net, match):
     with pytest.raises(ConfigError, match=match) as err:

@@ -208,8 +208,8 @@ def trace_network(
     the walks cannot follow: a layer bypassed other than by the shortcut of its block, grouped or
     depthwise convs, shared layers, a last layer that is not a Linear, an operation between
     layers that is neither elementwise, a pooling nor a flatten, or one inside a block that is
-    not elementwise. Probes check the block structure: with a block's main branch fully pruned
-    a path remains (the shortcut), and with the first layer of each branch pruned none does.
+    not elementwise. Probes check the block structure: with all main branches fully pruned
+    a path remains (the shortcuts), and with the first layer of each branch pruned none does.
     """
     names = {m: f"{n}.weight" if n else "weight" for n, m in model.named_modules()}
     layers = [m for m in model.modules() if isinstance(m, PRUNABLE_MODULES)]
@@ -291,8 +291,7 @@ def trace_network(
                 f"the branches of the residual block {bname} end in shapes {ends}, not its output "
                 f"{shape_out}"
             )
-        if _cuts(model, input_shape, [names_of[h.name] for h in inside.main], names):
-            raise _refuse(f"the main branch of {bname} is not bypassed by its shortcut")
+        bypassed.append((bname, [names_of[h.name] for h in inside.main]))
         if inside.shortcut and not _cuts(
             model,
             input_shape,
@@ -303,6 +302,7 @@ def trace_network(
         return shape_out
 
     names_of = {names[m]: m for m in layers}
+    bypassed: list[tuple[str, list[nn.Module]]] = []  # each block's main branch, checked below
     for module, shape_in, shape_out in calls:
         b = block_of.get(module)
         if inside is not None and b is not inside_module:
@@ -359,6 +359,12 @@ def trace_network(
     if inside is not None:
         current = close()
         segments.append(inside)
+    # every main branch pruned at once leaves a path, so each one alone does (pruning less keeps
+    # more): one probe for all the blocks; only when it cuts, one per block to name the culprit
+    if bypassed and _cuts(model, input_shape, [m for _, main in bypassed for m in main], names):
+        for bname, main in bypassed:
+            if _cuts(model, input_shape, main, names):
+                raise _refuse(f"the main branch of {bname} is not bypassed by its shortcut")
     last = segments[-1]
     if (
         not isinstance(last, Hop)
