@@ -32,12 +32,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from pruning_lightning.data.normalize import Normalize
+from pruning_lightning.errors import ConfigError
 
 try:  # torchvision 0.29 deprecates its image decoders; without them, PIL decodes
     from torchvision.io import ImageReadMode, decode_image, read_file
 except ImportError:  # pragma: no cover - a future torchvision
     decode_image = None
-from pruning_lightning.errors import ConfigError
 
 
 def split_indices(
