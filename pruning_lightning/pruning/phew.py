@@ -520,6 +520,28 @@ def _draw_conv(
     return channel, tap
 
 
+def _conv_step(
+    hop: Hop,
+    table: Tensor,
+    kernels: Tensor,
+    bounds: list[tuple[Tensor, Tensor]],
+    s: _State,
+    gen: torch.Generator,
+) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
+    """One conv hop of the walks ``s`` in either direction: walks with no allowed tap die, the
+    (channel, tap) draw of :func:`_draw_conv`, and per axis the interval [lo, hi] of ``bounds``
+    at the drawn tap."""
+    ok = _allowed(bounds)
+    s.alive &= ok.any(2).squeeze(1)
+    channel, tap = _draw_conv(table, kernels, s.unit, ok, gen)
+    kw = hop.axes[1].kernel
+    at_tap = [
+        (lo.gather(1, t[:, None]).squeeze(1), hi.gather(1, t[:, None]).squeeze(1))
+        for (lo, hi), t in zip(bounds, (tap // kw, tap % kw), strict=True)
+    ]
+    return channel, tap, at_tap
+
+
 def _forward_hop(hop: Hop, s: _State, idx: Tensor, gen: torch.Generator) -> None:
     """One forward hop of the walks ``s`` across ``hop`` (pooling and flatten before it)."""
     _pool_forward(hop, s)
@@ -533,14 +555,11 @@ def _forward_hop(hop: Hop, s: _State, idx: Tensor, gen: torch.Generator) -> None
         out = _draw(hop.forward[s.unit], None, gen)
         flat = out * n_in + s.unit
     else:
-        bounds = _forward_bounds(hop, s)
-        ok = _allowed(bounds)
-        s.alive &= ok.any(2).squeeze(1)
-        out, tap = _draw_conv(hop.forward, hop.forward_kernels, s.unit, ok, gen)
-        kw = hop.axes[1].kernel
-        for a, t in enumerate((tap // kw, tap % kw)):
-            s.lo[a] = bounds[a][0].gather(1, t[:, None]).squeeze(1)
-            s.hi[a] = bounds[a][1].gather(1, t[:, None]).squeeze(1)
+        out, tap, at_tap = _conv_step(
+            hop, hop.forward, hop.forward_kernels, _forward_bounds(hop, s), s, gen
+        )
+        for a, (lo, hi) in enumerate(at_tap):
+            s.lo[a], s.hi[a] = lo, hi
         flat = (out * n_in + s.unit) * taps + tap
     if hop.offset is not None:
         idx[s.ids, hop.column] = hop.offset + flat
@@ -555,14 +574,13 @@ def _backward_hop(hop: Hop, s: _State, idx: Tensor, gen: torch.Generator) -> Non
         inp = _draw(hop.backward[s.unit], None, gen)
         flat = s.unit * n_in + inp
     else:
-        bounds = _backward_bounds(hop, s)
-        ok = _allowed(bounds)
-        s.alive &= ok.any(2).squeeze(1)
-        inp, tap = _draw_conv(hop.backward, hop.backward_kernels, s.unit, ok, gen)
+        inp, tap, at_tap = _conv_step(
+            hop, hop.backward, hop.backward_kernels, _backward_bounds(hop, s), s, gen
+        )
         kw = hop.axes[1].kernel
-        for a, (t, ax) in enumerate(zip((tap // kw, tap % kw), hop.axes, strict=True)):
-            q_lo = bounds[a][0].gather(1, t[:, None]).squeeze(1)
-            q_hi = bounds[a][1].gather(1, t[:, None]).squeeze(1)
+        for a, (t, ax, (q_lo, q_hi)) in enumerate(
+            zip((tap // kw, tap % kw), hop.axes, at_tap, strict=True)
+        ):
             if ax.stride > 1:  # the inputs of a strided range are no interval: one of them
                 q_lo = q_hi = q_lo + _uniform_below((q_hi - q_lo + 1).clamp(min=1), gen)
             shift = ax.shift[t]
